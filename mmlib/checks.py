@@ -1,0 +1,130 @@
+"""Input validation shared by every public ``mmlib`` function.
+
+A student who passes the wrong thing gets one sentence naming the argument and what was expected — never a stack
+trace from deep inside torch or numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "check_tensor",
+    "check_positive",
+    "check_int",
+    "check_probability",
+    "check_same_length",
+    "check_choice",
+    "as_tensor",
+]
+
+
+def as_tensor(x: object, name: str, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Accept a tensor or a NumPy array (or nested list of numbers) and return a tensor; else ``TypeError``."""
+    if isinstance(x, torch.Tensor):
+        out = x
+    elif isinstance(x, np.ndarray):
+        if x.dtype == object:
+            raise TypeError(f"{name}: expected a numeric array, got an array of Python objects")
+        out = torch.from_numpy(x)
+    elif isinstance(x, (list, tuple)):
+        try:
+            out = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name}: expected a tensor or array of numbers, got a {type(x).__name__}") from err
+    else:
+        raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+    if dtype is not None:
+        out = out.to(dtype)
+    return out
+
+
+def check_tensor(
+    x: object,
+    name: str,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    shape: Sequence[int | None] | None = None,
+    floating: bool | None = None,
+    integer: bool | None = None,
+    finite: bool = True,
+    nonempty: bool = True,
+) -> torch.Tensor:
+    """Validate a tensor argument and return it.
+
+    ``shape`` may hold ``None`` for free dimensions; ``floating``/``integer`` require a dtype family; ``finite``
+    rejects NaN and ±inf; ``nonempty`` rejects tensors with no elements.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name}: expected a {want}-dimensional tensor, got shape {tuple(x.shape)}")
+    if shape is not None:
+        if x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name}: expected shape {want}, got {tuple(x.shape)}")
+    if floating is True and not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    if integer is True and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
+        raise TypeError(f"{name}: expected an integer tensor, got dtype {x.dtype}")
+    if nonempty and x.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty tensor, got shape {tuple(x.shape)}")
+    if finite and x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return x
+
+
+def check_int(x: object, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """An integer in ``[low, high]`` (bounds optional)."""
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
+    x = int(x)
+    if low is not None and x < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {x}")
+    if high is not None and x > high:
+        raise ValueError(f"{name}: expected an int <= {high}, got {x}")
+    return x
+
+
+def check_positive(x: object, name: str, *, allow_zero: bool = False) -> float:
+    """A finite real number > 0 (or >= 0 with ``allow_zero``)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {type(x).__name__}")
+    x = float(x)
+    if not np.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}: expected a finite number {bound}, got {x}")
+    return x
+
+
+def check_probability(x: object, name: str, *, open_interval: bool = False) -> float:
+    """A number in [0, 1] (or (0, 1) with ``open_interval``)."""
+    x = check_positive(x, name, allow_zero=True)
+    if x > 1 or (open_interval and x in (0.0, 1.0)):
+        interval = "(0, 1)" if open_interval else "[0, 1]"
+        raise ValueError(f"{name}: expected a number in {interval}, got {x}")
+    return x
+
+
+def check_same_length(tensors: dict[str, torch.Tensor]) -> int:
+    """All tensors share their first dimension; return it."""
+    lengths = {name: int(t.shape[0]) for name, t in tensors.items()}
+    if len(set(lengths.values())) > 1:
+        desc = ", ".join(f"{k}: {v}" for k, v in lengths.items())
+        raise ValueError(f"expected the same number of rows in every input, got {desc}")
+    return next(iter(lengths.values()))
+
+
+def check_choice(x: object, name: str, choices: Sequence[str]) -> str:
+    """One of ``choices``; the error lists them."""
+    if not isinstance(x, str):
+        raise TypeError(f"{name}: expected a string, one of {list(choices)}, got {type(x).__name__}")
+    if x not in choices:
+        raise ValueError(f"{name}: unknown value {x!r}; expected one of {list(choices)}")
+    return x

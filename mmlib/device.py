@@ -1,0 +1,58 @@
+"""Device choice: CUDA, then Apple's MPS, then the CPU (taught in notebook 00).
+
+Override with the environment variable ``MMLIB_DEVICE`` (for example ``MMLIB_DEVICE=cpu``) or the ``preferred``
+argument. Library code never moves anything to a GPU by name: every model and tensor goes to the device this
+function returns.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["get_device", "resolve_device", "describe_device"]
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def get_device(preferred: str | torch.device | None = None) -> torch.device:
+    """Return the device to compute on: ``preferred``, else ``$MMLIB_DEVICE``, else CUDA → MPS → CPU.
+
+    Raises ``ValueError`` when the requested device is unknown or not available on this machine.
+    """
+    choice = preferred if preferred is not None else os.environ.get("MMLIB_DEVICE") or None
+    if choice is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(choice)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"preferred: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {choice!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"preferred: CUDA was requested ({choice!r}) but torch sees no CUDA device here")
+    if device.type == "mps" and not _mps_available():
+        raise ValueError(f"preferred: MPS was requested ({choice!r}) but it is not available here")
+    if device.type not in {"cpu", "cuda", "mps"}:
+        raise ValueError(f"preferred: expected 'cpu', 'cuda' or 'mps', got {choice!r}")
+    return device
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` → :func:`get_device`; a string or device → that device, validated."""
+    return get_device() if device is None else get_device(device)
+
+
+def describe_device(device: torch.device) -> str:
+    """A one-line human description: the GPU's name, or the CPU's thread count."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "mps":
+        return "mps (Apple GPU)"
+    return f"cpu ({torch.get_num_threads()} threads)"
