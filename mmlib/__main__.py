@@ -38,6 +38,28 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_student(args: argparse.Namespace) -> int:
+    from mmlib.course import make_student_notebooks
+
+    for path in make_student_notebooks(args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_site(args: argparse.Namespace) -> int:
+    from mmlib.course import build_site
+
+    print(f"wrote {build_site(args.out)}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from mmlib.bench import run_benchmark
+
+    run_benchmark(args.device, steps=args.steps, notebooks=not args.no_notebooks, out=args.out)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mmlib", description="The course's command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +78,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("notebooks", nargs="*", help="notebook numbers or paths (default: all)")
     p.add_argument("--no-execute", action="store_true", help="only sync the .ipynb with its .py")
     p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("student", help="write the student notebooks (solutions replaced by stubs) into a folder")
+    p.add_argument("--out", default="student", help="output folder (default: student/, not committed)")
+    p.set_defaults(func=_cmd_student)
+
+    p = sub.add_parser("site", help="build an HTML version of the whole course (executed notebooks + index)")
+    p.add_argument("--out", default="site", help="output folder (default: site/, not committed)")
+    p.set_defaults(func=_cmd_site)
+
+    p = sub.add_parser("bench", help="measure matmul peak, trainer throughput and every notebook's time and memory")
+    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    p.add_argument("--steps", type=int, default=300, help="training steps per throughput run (default 300)")
+    p.add_argument("--no-notebooks", action="store_true", help="skip executing the notebooks")
+    p.add_argument("--out", default="bench.json", help="where to write the JSON report (default bench.json)")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

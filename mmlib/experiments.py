@@ -24,7 +24,18 @@ from mmlib.checkpoint import atomic_write_bytes
 __all__ = ["Result", "Experiment", "register", "get_experiment", "list_experiments", "run_experiment", "write_result"]
 
 #: Modules that register experiments, imported on demand (keep in course order).
-EXPERIMENT_MODULES: tuple[str, ...] = ()
+EXPERIMENT_MODULES: tuple[str, ...] = (
+    "mmlib.data",
+    "mmlib.classifiers",
+    "mmlib.likelihood",
+    "mmlib.pcca",
+    "mmlib.gan",
+    "mmlib.vae",
+    "mmlib.aae",
+    "mmlib.cgan",
+    "mmlib.mvae",
+    "mmlib.mmgan",
+)
 
 Number = int | float
 
@@ -62,7 +73,11 @@ def register(name: str, description: str) -> Callable[[Callable[..., Result]], C
 
 def _load_all() -> None:
     for module in EXPERIMENT_MODULES:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:  # TODO(lead): remove once every chapter module exists
+            if err.name != module:
+                raise
 
 
 def list_experiments() -> list[Experiment]:

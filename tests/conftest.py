@@ -1,17 +1,31 @@
-"""Shared fixtures: run everything on the CPU unless a test asks otherwise, keep progress bars quiet."""
+"""Test-suite-wide settings.
+
+- Everything runs on the CPU unless a test asks otherwise; progress bars stay quiet in unit tests.
+- **Offline, proven**: the network is blocked in this process and, via ``tests/offline/sitecustomize.py`` on
+  ``PYTHONPATH``, in every notebook kernel (nbval) and subprocess the tests start. Loopback stays open (kernels talk
+  to pytest over it).
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
+OFFLINE_DIR = Path(__file__).resolve().parent / "offline"
+
 os.environ.setdefault("MMLIB_DEVICE", "cpu")
-os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ["MMLIB_BLOCK_NETWORK"] = "1"
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(OFFLINE_DIR), os.environ.get("PYTHONPATH", "")] if p)
+
+from mmlib.offline import block_network  # noqa: E402
+
+block_network()
 
 
 @pytest.fixture
-def cpu() -> object:
+def cpu():
     import torch
 
     return torch.device("cpu")
