@@ -127,6 +127,81 @@ assert torch.zeros(1, device=device).device.type == device.type, "tensors are cr
 # a claim, the notebook stops there and tells you which claim failed.
 
 # %% [markdown] slideshow={"slide_type": "slide"}
+# ## The data: digits seen, read and heard
+#
+# From chapter 02 on, the course learns from **multimodal digits**: every sample is one digit (0–9) shown in three
+# *modalities*, paired by that digit (the datasheet is `data/README.md`):
+#
+# - **image** — a real handwritten digit from the UCI collection: 8×8 pixels, 17 grey levels;
+# - **text** — a short caption naming the digit, in English, French, German or Spanish, in several wordings and cases;
+# - **audio** — a two-note motif whose *interval* encodes the digit, with its own pitch, tempo, loudness and noise.
+#
+# Each modality draws its *style* independently. Only the digit links them, which is exactly the cross-modal link a
+# multimodal model must discover.
+
+# %%
+from mmlib.data import MODALITIES, SAMPLE_RATE, decode_text, load_multimodal_digits
+
+digits = load_multimodal_digits(device=device)
+train = digits.train
+for modality in MODALITIES:
+    print(f"{modality:>6}: {tuple(train[modality].shape)} {train[modality].dtype}")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("samples per split:", digits.sizes())
+
+# %%
+assert sum(digits.sizes().values()) == 1797, "every one of the 1,797 UCI digits appears in exactly one split"
+assert set(MODALITIES) == {"image", "text", "audio"}, "three modalities: image, text and audio"
+assert train["image"].device.type == device.type, "the data comes on the chosen device"
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# **Seen and read.** The first ten training samples: each image is titled with its paired caption.
+
+# %%
+from mmlib.plot import image_grid
+
+first = slice(0, 10)
+captions = decode_text(train["text"][first])
+image_grid(train["image"][first], titles=captions, nrow=10, scale=1.3, title="image + text: one digit, two modalities")
+plt.show()
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# **Heard.** Models see sounds as *spectrograms* (time left to right, pitch bottom to top). The second note sits
+# $3(d-5)$ semitones from the first, so the digit is the *jump* between the two notes, whatever the pitch.
+
+# %%
+image_grid(train["audio"][first], titles=[str(int(d)) for d in train.label[first]], nrow=10, scale=1.3,
+           cmap="magma", title="audio spectrograms of the same ten samples")
+plt.show()
+
+# %%
+from IPython.display import Audio, display
+
+print(f"digit {int(train.label[3])}, caption {decode_text(train['text'][3:4])[0]!r}")
+display(Audio(digits.waveform("train", 3), rate=SAMPLE_RATE))
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# **Browse.** Move the slider to see any training sample in all three modalities (run the notebook to use it).
+
+# %%
+from mmlib.widgets import slider_plot
+
+
+def show_sample(index: int) -> None:
+    fig, (ax_img, ax_spec) = plt.subplots(1, 2, figsize=(8, 3.2))
+    ax_img.imshow(train["image"][index, 0].cpu(), cmap="gray_r", vmin=0, vmax=1)
+    ax_img.set_title(f"digit {int(train.label[index])}: {decode_text(train['text'][index:index + 1])[0]!r}")
+    ax_spec.imshow(train["audio"][index].cpu(), origin="lower", aspect="auto", cmap="magma")
+    ax_spec.set_title("its sound (spectrogram)")
+    for ax in (ax_img, ax_spec):
+        ax.axis("off")
+
+
+slider_plot(show_sample, index=(0, len(train) - 1, 1, 0))
+
+# %% [markdown] slideshow={"slide_type": "slide"}
 # ## A first result: maximum likelihood for a Gaussian
 #
 # **Preprocess.** We draw $m = 500$ numbers from a Gaussian whose parameters we pretend not to know.
