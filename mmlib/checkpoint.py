@@ -32,6 +32,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def save_checkpoint(path: str | Path, **state: dict) -> Path:
     """Save named state dicts (``model=net.state_dict(), optimizer=opt.state_dict()``) to ``path`` atomically."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path: expected a file path (str or pathlib.Path), got {type(path).__name__}")
     if not state:
         raise ValueError("state: expected at least one named state dict, e.g. save_checkpoint(path, model=...)")
     for name, value in state.items():
@@ -47,6 +49,8 @@ def save_checkpoint(path: str | Path, **state: dict) -> Path:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, dict]:
     """Load what :func:`save_checkpoint` wrote, with ``weights_only=True`` (no arbitrary code runs)."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path: expected a file path (str or pathlib.Path), got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"path: no checkpoint file at {path}")

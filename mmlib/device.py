@@ -19,11 +19,15 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
-def get_device(preferred: str | torch.device | None = None) -> torch.device:
+def get_device(preferred: str | torch.device | None = None, *, name: str = "preferred") -> torch.device:
     """Return the device to compute on: ``preferred``, else ``$MMLIB_DEVICE``, else CUDA → MPS → CPU.
 
-    Raises ``ValueError`` when the requested device is unknown or not available on this machine.
+    Raises ``ValueError`` when the requested device is unknown or not available on this machine, and ``TypeError``
+    when it is not a string or ``torch.device``; ``name`` is the argument the messages name.
     """
+    if preferred is not None and not isinstance(preferred, (str, torch.device)):
+        raise TypeError(f"{name}: expected None, a string such as 'cpu' or 'cuda', or a torch.device, "
+                        f"got {type(preferred).__name__}")
     choice = preferred if preferred is not None else os.environ.get("MMLIB_DEVICE") or None
     if choice is None:
         if torch.cuda.is_available():
@@ -34,19 +38,19 @@ def get_device(preferred: str | torch.device | None = None) -> torch.device:
     try:
         device = torch.device(choice)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"preferred: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {choice!r}") from err
+        raise ValueError(f"{name}: expected 'cpu', 'cuda', 'cuda:N' or 'mps', got {choice!r}") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"preferred: CUDA was requested ({choice!r}) but torch sees no CUDA device here")
+        raise ValueError(f"{name}: CUDA was requested ({choice!r}) but torch sees no CUDA device here")
     if device.type == "mps" and not _mps_available():
-        raise ValueError(f"preferred: MPS was requested ({choice!r}) but it is not available here")
+        raise ValueError(f"{name}: MPS was requested ({choice!r}) but it is not available here")
     if device.type not in {"cpu", "cuda", "mps"}:
-        raise ValueError(f"preferred: expected 'cpu', 'cuda' or 'mps', got {choice!r}")
+        raise ValueError(f"{name}: expected 'cpu', 'cuda' or 'mps', got {choice!r}")
     return device
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` → :func:`get_device`; a string or device → that device, validated."""
-    return get_device() if device is None else get_device(device)
+def resolve_device(device: str | torch.device | None, name: str = "device") -> torch.device:
+    """``None`` → :func:`get_device`; a string or device → that device, validated (errors name ``name``)."""
+    return get_device() if device is None else get_device(device, name=name)
 
 
 def describe_device(device: torch.device) -> str:

@@ -84,7 +84,16 @@ def cross_coherence(classifier: _Predicts, generated: torch.Tensor, source_label
             f"generated, source_labels: expected one generated row per source label ({source_labels.shape[0]}), "
             f"got shape {tuple(generated.shape)}"
         )
+    check_input = getattr(classifier, "check_input", None)
+    if callable(check_input):
+        generated = check_input(generated, "generated")
     return coherence(classifier.predict(generated), source_labels)
+
+
+def _checked(classifier: object, x: torch.Tensor, name: str) -> torch.Tensor:
+    """``classifier.check_input(x, name)`` when the classifier has one (mmlib's do), else ``x`` unchanged."""
+    check_input = getattr(classifier, "check_input", None)
+    return check_input(x, name) if callable(check_input) else x
 
 
 def joint_coherence(
@@ -105,6 +114,9 @@ def joint_coherence(
     if samples is None:
         if not isinstance(classifiers, Mapping):
             raise TypeError(f"predictions: expected a dict {{modality: digits}}, got {type(classifiers).__name__}")
+        if any(callable(getattr(c, "predict", None)) for c in classifiers.values()):
+            raise TypeError("samples: missing; call joint_coherence(classifiers, samples) with the generated samples, "
+                            "or joint_coherence(predictions) with predicted digits")
         preds = {m: _labels(p, f"predictions[{m!r}]") for m, p in classifiers.items()}
         name = "predictions"
     else:
@@ -112,7 +124,11 @@ def joint_coherence(
             raise TypeError("classifiers, samples: expected dicts keyed by modality name")
         missing = [m for m in samples if m not in classifiers]
         if missing:
-            raise ValueError(f"classifiers: no classifier for modality {missing}; have {list(classifiers)}")
+            raise ValueError(f"samples, classifiers: no classifier for modality {missing}; have {list(classifiers)}")
+        for m in samples:
+            if not callable(getattr(classifiers[m], "predict", None)):
+                raise TypeError(f"classifiers[{m!r}]: expected a classifier with .predict(x), "
+                                f"got {type(classifiers[m]).__name__}")
         for m, x in samples.items():
             if not isinstance(x, torch.Tensor) or x.ndim == 0:
                 raise TypeError(f"samples[{m!r}]: expected a tensor with one row per sample, got {type(x).__name__}")
@@ -125,7 +141,7 @@ def joint_coherence(
     if len(set(rows.values())) != 1 or next(iter(rows.values())) == 0:
         raise ValueError(f"{name}: expected the same, non-zero number of rows in every modality, got {rows}")
     if preds is None:
-        preds = {m: classifiers[m].predict(x) for m, x in samples.items()}
+        preds = {m: classifiers[m].predict(_checked(classifiers[m], x, f"samples[{m!r}]")) for m, x in samples.items()}
     first, *others = preds.values()
     agree = torch.ones_like(first, dtype=torch.bool)
     for p in others:
@@ -230,6 +246,7 @@ def frechet_to_data(
     modality = check_choice(modality, "modality", MODALITIES)
     split = check_choice(split, "split", SPLITS)
     classifier = load_classifiers(device)[modality]
+    generated = classifier.check_input(generated, "generated")
     real = load_multimodal_digits(device).split(split)[modality]
     return frechet_distance(classifier.features(generated), classifier.features(real))
 

@@ -59,10 +59,18 @@ def make_optimizer(
 ) -> torch.optim.Adam:
     """Adam with the fastest update available on the parameters' device: fused on CUDA, ``foreach`` elsewhere."""
     lr = check_positive(lr, "lr")
+    if isinstance(params, torch.Tensor) or not isinstance(params, Iterable):
+        raise TypeError(f"params: expected an iterable of parameters (model.parameters()), got {type(params).__name__}")
     params = list(params)
     if not params:
         raise ValueError("params: expected at least one parameter to optimise, got none")
-    on_cuda = params[0].device.type == "cuda" if isinstance(params[0], torch.Tensor) else False
+    for i, p in enumerate(params):
+        if isinstance(p, dict):  # parameter groups are passed through to torch
+            continue
+        if not isinstance(p, torch.Tensor) or not p.is_floating_point():
+            raise TypeError(f"params[{i}]: expected a floating-point tensor/parameter, got {type(p).__name__}")
+    first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
+    on_cuda = isinstance(first, torch.Tensor) and first.device.type == "cuda"
     impl = {"fused": True} if on_cuda else {"foreach": True}
     return torch.optim.Adam(params, lr=lr, betas=betas, **impl, **kwargs)
 
@@ -140,6 +148,8 @@ def train(
     """
     if not callable(step):
         raise TypeError(f"step: expected a function step(*batch) -> dict of losses, got {type(step).__name__}")
+    if not isinstance(tensors, (torch.Tensor, list, tuple)):
+        raise TypeError(f"tensors: expected a tensor or a sequence of tensors, got {type(tensors).__name__}")
     tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
     if not tensors:
         raise ValueError("tensors: expected at least one tensor to train on")

@@ -29,3 +29,12 @@ def cpu():
     import torch
 
     return torch.device("cpu")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Report how many bad-input cases the property tests tried (tests/test_bad_input.py)."""
+    import sys
+
+    module = sys.modules.get("test_bad_input") or sys.modules.get("tests.test_bad_input")
+    if module is not None and module.CASES_TRIED["n"]:
+        terminalreporter.write_line(f"bad-input cases tried: {module.CASES_TRIED['n']} (tests/test_bad_input.py)")
