@@ -11,6 +11,7 @@ The number of cases tried is printed at the end of the run.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -162,6 +163,15 @@ def _poke(value: torch.Tensor, index: int, bad: float) -> torch.Tensor:
 def _raised_in_mmlib(err: BaseException) -> bool:
     frames = traceback.extract_tb(err.__traceback__)
     return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _work_in_scratch():
+    """Broken arguments can be valid file names: run in a scratch folder so nothing lands in the repository."""
+    here = os.getcwd()
+    os.chdir(_SCRATCH.name)
+    yield
+    os.chdir(here)
 
 
 SPECS = _specs()
