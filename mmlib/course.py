@@ -38,8 +38,15 @@ def execute_notebook(nb, cwd: Path, timeout: int = 600, kernel_name: str = "pyth
     return nb
 
 
+#: Threads the stored outputs are computed with. The test suite re-executes the notebooks with the default thread
+#: count and compares the checked outputs, which proves they do not depend on the number of threads.
+BUILD_THREADS = 1
+
+
 def build_notebooks(selection: Sequence[str] | None = None, *, execute: bool = True) -> None:
-    """Write each selected ``.py`` source to its ``.ipynb`` (jupytext) and execute it in place."""
+    """Write each selected ``.py`` source to its ``.ipynb`` (jupytext) and execute it in place, single-threaded."""
+    import os
+
     import jupytext
 
     for source in notebook_sources(selection):
@@ -47,7 +54,17 @@ def build_notebooks(selection: Sequence[str] | None = None, *, execute: bool = T
         nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
         start = time.perf_counter()
         if execute:
-            execute_notebook(nb, NOTEBOOK_DIR)
+            saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+            os.environ.update(OMP_NUM_THREADS=str(BUILD_THREADS), MKL_NUM_THREADS=str(BUILD_THREADS))
+            try:
+                execute_notebook(nb, NOTEBOOK_DIR)
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+            nb.metadata["mmlib"] = {"executed_with_threads": BUILD_THREADS}
         jupytext.write(nb, source.with_suffix(".ipynb"))
         print(f"{source.with_suffix('.ipynb').name}: {'executed' if execute else 'synced'} "
               f"in {time.perf_counter() - start:.1f} s")

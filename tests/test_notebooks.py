@@ -107,3 +107,13 @@ def test_every_notebook_has_summary_and_exercises():
         text = source.read_text()
         assert "## Summary" in text, f"{source.name} has a summary"
         assert "## Exercises" in text, f"{source.name} has exercises"
+
+
+@pytest.mark.parametrize("ipynb", IPYNBS, ids=lambda p: p.stem)
+def test_stored_outputs_were_computed_single_threaded(ipynb: Path):
+    """Determinism across thread counts: the stored outputs come from a 1-thread run (``python -m mmlib build``);
+    nbval re-executes every notebook with the default thread count and compares the checked outputs."""
+    nb = json.loads(ipynb.read_text())
+    assert nb["metadata"].get("mmlib", {}).get("executed_with_threads") == 1, (
+        f"{ipynb.name} was built with `python -m mmlib build` (single-threaded)"
+    )
