@@ -110,8 +110,25 @@ def _tmp_file() -> Path:
 
 
 def _chapter_specs() -> list[Spec]:
-    """Public functions of the chapter modules (filled in as the chapters land)."""
-    return []
+    """Public functions of the chapter modules."""
+    from mmlib import likelihood as lk
+    from mmlib import pcca
+    from mmlib.data import linear_gaussian_views, load_digit_images
+
+    levels = load_digit_images("test", device="cpu")[0][:40]
+    (y1, y2), _ = linear_gaussian_views(60, latent_dim=2, view_dims=(3, 4), seed=0, device="cpu")
+    return [
+        Spec("likelihood.to_levels", lk.to_levels, lambda: {"images": levels.clone()}),
+        Spec("likelihood.fit_gaussian", lk.fit_gaussian, lambda: {"x": torch.randn(30, 3, generator=_g())}),
+        Spec("likelihood.fit_categorical", lk.fit_categorical, lambda: {"levels": lk.to_levels(levels), "alpha": 0.5}),
+        Spec("likelihood.fit_categorical_mixture", lk.fit_categorical_mixture,
+             lambda: {"levels": lk.to_levels(levels), "components": 2, "iterations": 2, "seed": 0}),
+        Spec("likelihood.bits_per_pixel", lk.bits_per_pixel, lambda: {"log_likelihood": -100.0, "num_pixels": 64}),
+        Spec("pcca.fit_pcca_closed_form", pcca.fit_pcca_closed_form, lambda: {"views": [y1, y2], "latent_dim": 2}),
+        Spec("pcca.fit_pcca_em", pcca.fit_pcca_em, lambda: {"views": [y1, y2], "latent_dim": 2, "iterations": 3}),
+        Spec("pcca.max_log_likelihood", pcca.max_log_likelihood, lambda: {"views": [y1, y2], "latent_dim": 2}),
+        Spec("pcca.canonical_correlations", pcca.canonical_correlations, lambda: {"y1": y1.clone(), "y2": y2.clone()}),
+    ]
 
 
 # --- how to break one argument ------------------------------------------------------------------------------------
