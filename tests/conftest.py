@@ -16,6 +16,8 @@ import pytest
 OFFLINE_DIR = Path(__file__).resolve().parent / "offline"
 
 os.environ.setdefault("MMLIB_DEVICE", "cpu")
+# Idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads slow small models many-fold.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["MMLIB_BLOCK_NETWORK"] = "1"
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [str(OFFLINE_DIR), os.environ.get("PYTHONPATH", "")] if p)
 
