@@ -24,9 +24,8 @@ or draws one sample per digit. ``python -m mmlib run cgan`` trains caption → i
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +35,7 @@ from torch.nn import functional as F
 
 from mmlib.checks import check_choice, check_int, check_positive, check_probability, check_tensor
 from mmlib.data import AUDIO_BINS, AUDIO_FRAMES, MODALITIES, TEXT_LENGTH, TEXT_VOCAB
-from mmlib.device import resolve_device
+from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import Result, register
 from mmlib.train import History, make_optimizer, train
@@ -280,25 +279,6 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits).mean()
 
 
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Train the course's tiny networks on one CPU thread, then restore torch's setting (GPUs are not affected).
-
-    Their matrices have a few hundred rows: a second thread only adds synchronisation, and on a busy machine its
-    spin-waiting costs more CPU time than the work itself. One thread also makes the numbers independent of the
-    machine's thread count.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
     """``½ E_data ‖∇_x D(x, c)‖²`` (Mescheder et al., 2018) from the logits ``D(x, c)`` of real pairs and the inputs
     ``x`` they were computed from (which must require gradients); differentiable in D's parameters."""
@@ -506,7 +486,7 @@ def fit_cgan(
                      mode_seeking=config.mode_seeking, noise=noise, ema=ema, ema_decay=config.ema_decay,
                      r1_every=config.r1_every)
     name = source if isinstance(source, str) else f"vector[{source}]"
-    with _one_cpu_thread(dev):  # tiny networks: a second CPU thread costs more than it saves
+    with one_cpu_thread(dev):  # tiny networks: a second CPU thread costs more than it saves
         history = train(step, (conditions, targets), steps=config.steps, batch_size=config.batch_size, log_every=50,
                         seed=seed + 2, desc=f"cGAN {name}→{target}", progress=progress)
     sampler = ema if ema is not None else G
@@ -744,7 +724,7 @@ def run_cgan(
     """
     seed = check_int(seed, "seed", low=0)
     dev = resolve_device(device)
-    with _one_cpu_thread(dev):  # tiny networks: one thread is faster, and the numbers do not depend on the count
+    with one_cpu_thread(dev):  # tiny networks: one thread is faster, and the numbers do not depend on the count
         return _run_cgan(seed, dev, progress, pairs, config)
 
 

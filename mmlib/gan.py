@@ -22,7 +22,6 @@ runs them for three seeds and writes ``data/results/gan_2d.json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import platform
@@ -38,7 +37,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from mmlib.checks import check_choice, check_int, check_positive, check_probability, check_tensor
-from mmlib.device import resolve_device
+from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import Result, register
 from mmlib.train import History, make_optimizer, train
@@ -360,29 +359,10 @@ def train_discriminator(
         optimizer.step()
         return {"d_loss": loss.detach()}
 
-    with _one_cpu_thread(device):
+    with one_cpu_thread(device):
         history = train(step, (real, fake), steps=steps, batch_size=batch_size, seed=seed, log_every=50,
                         desc="discriminator vs a fixed generator", progress=progress)
     return disc, history
-
-
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device):
-    """Run tiny-MLP training on one CPU thread, then restore torch's setting.
-
-    The 2D GANs multiply matrices of a few hundred rows: a second thread only adds synchronisation, and on a busy
-    machine its spin-waiting can cost more CPU time than the work itself (measured: 15 s on one thread, several
-    minutes on two, same results). GPUs are not affected.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -497,7 +477,7 @@ def train_gan(
     drop_at = config.steps - round(config.final_fraction * config.steps) if config.final_fraction > 0 else None
     step = gan_step(gen, disc, opt_g, opt_d, noise=noise, loss=config.loss, lr_drop_at=drop_at,
                     lr_drop=config.lr_drop, d_lr_drop=config.d_lr_drop)
-    with _one_cpu_thread(device):
+    with one_cpu_thread(device):
         history = train(step, data, steps=config.steps, batch_size=config.batch_size, seed=seed + 2, log_every=100,
                         desc=desc, progress=progress)
     return TrainedGAN(gen, disc, history, config, seed)
