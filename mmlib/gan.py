@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from mmlib.checks import check_choice, check_int, check_positive, check_probability, check_tensor
+from mmlib.checks import check_choice, check_generator, check_int, check_positive, check_probability, check_tensor
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import Result, register
@@ -103,7 +103,7 @@ class Generator(nn.Module):
                         nn.ReLU)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # (N, noise_dim) -> (N, data_dim)
-        return self.net(z)
+        return self.net(check_tensor(z, "z", shape=(None, self.noise_dim), floating=True, finite=False))
 
 
 class Discriminator(nn.Module):
@@ -124,6 +124,7 @@ class Discriminator(nn.Module):
                         lambda: nn.LeakyReLU(0.2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, data_dim) -> (N / pack,)
+        x = check_tensor(x, "x", shape=(None, self.data_dim), floating=True, finite=False)
         return self.net(pack_samples(x, self.pack) / self.unit).squeeze(-1)
 
 
@@ -266,6 +267,10 @@ def gan_step(
     """
     if not isinstance(generator, Generator) or not isinstance(discriminator, Discriminator):
         raise TypeError("generator, discriminator: expected mmlib.gan.Generator and mmlib.gan.Discriminator")
+    for name, optimizer in (("opt_g", opt_g), ("opt_d", opt_d)):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"{name}: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    noise = check_generator(noise, "noise")
     loss = check_choice(loss, "loss", GENERATOR_LOSSES)
     if lr_drop_at is not None:
         lr_drop_at = check_int(lr_drop_at, "lr_drop_at", low=0)
@@ -275,6 +280,10 @@ def gan_step(
 
     def step(real: torch.Tensor) -> dict[str, torch.Tensor]:
         nonlocal done
+        real = check_tensor(real, "real", shape=(None, discriminator.data_dim), floating=True, finite=False)
+        if real.shape[0] % discriminator.pack:
+            raise ValueError(f"real: expected a number of rows divisible by the discriminator's pack="
+                             f"{discriminator.pack}, got {real.shape[0]}")
         if done == lr_drop_at:
             for optimizer, factor in ((opt_g, lr_drop), (opt_d, d_lr_drop)):
                 for group in optimizer.param_groups:
@@ -300,9 +309,16 @@ def generator_gradient_norms(generator: Generator, discriminator: Discriminator,
 
     Used in notebook 03 to show the minimax loss saturating when ``D`` confidently rejects the fakes.
     """
+    if not isinstance(generator, Generator):
+        raise TypeError(f"generator: expected an mmlib.gan.Generator, got {type(generator).__name__}")
+    if not isinstance(discriminator, Discriminator):
+        raise TypeError(f"discriminator: expected an mmlib.gan.Discriminator, got {type(discriminator).__name__}")
     check_tensor(z, "z", ndim=2, floating=True)
     if z.shape[1] != generator.noise_dim:
         raise ValueError(f"z: expected {generator.noise_dim} columns (the generator's noise_dim), got {z.shape[1]}")
+    if z.shape[0] % discriminator.pack:
+        raise ValueError(f"z: expected a number of rows divisible by the discriminator's pack={discriminator.pack}, "
+                         f"got {z.shape[0]}")
     params = [p for p in generator.parameters() if p.requires_grad]
     norms = {}
     for kind in GENERATOR_LOSSES:
@@ -533,6 +549,8 @@ def fit_mixture(
 
     draw, modes, std = mixture(name)
     setting = check_choice(setting, "setting", SETTINGS)
+    if config is not None and not isinstance(config, GANConfig):
+        raise TypeError(f"config: expected a GANConfig or None, got {type(config).__name__}")
     config = config if config is not None else (PLAIN_GAN if setting == "plain" else RECIPES[name])
     seed = check_int(seed, "seed", low=0)
     device = resolve_device(device)
@@ -636,10 +654,15 @@ def results_table(seeds: Sequence[int] = (0, 1, 2), device: torch.device | str |
 
 def load_results(path: str | Path = RESULTS_FILE) -> dict[str, object]:
     """Read the stored table written by ``python -m mmlib.gan table``."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path: expected a file path (str or Path), got {type(path).__name__}")
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ValueError(f"path: no results file at {path.name}; make it with: python -m mmlib.gan table")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:  # not UTF-8, or not JSON
+        raise ValueError(f"path: {path.name} is not a results table written by python -m mmlib.gan table") from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:
