@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from mmlib.checks import check_int, check_positive, check_tensor
+from mmlib.checks import check_indices, check_int, check_positive, check_tensor
 from mmlib.device import resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import register
@@ -117,12 +117,16 @@ class RingPrior:
 
     @property
     def distribution(self) -> MixtureSameFamily:
+        """The mixture; it does not validate samples (a host synchronisation): NaN codes give a NaN ``log_prob``."""
         weights = torch.full((self.components,), 1.0 / self.components, device=self.device)
-        return MixtureSameFamily(Categorical(probs=weights),
-                                 Independent(Normal(self.means, torch.full_like(self.means, self.std)), 1))
+        normal = Normal(self.means, torch.full_like(self.means, self.std), validate_args=False)
+        return MixtureSameFamily(Categorical(probs=weights), Independent(normal, 1), validate_args=False)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """``log p(z)`` for ``z (..., 2)`` -> ``(...)`` (no host checks: used inside training steps)."""
+        z = check_tensor(z, "z", floating=True, finite=False)
+        if z.ndim < 1 or z.shape[-1] != 2:
+            raise ValueError(f"z: expected points of shape (..., 2), got {tuple(z.shape)}")
         return self.distribution.log_prob(z)
 
     def sample(self, n: int, *, generator: torch.Generator | None = None,
@@ -131,8 +135,8 @@ class RingPrior:
         n = check_int(n, "n", low=1)
         if components is None:
             components = torch.randint(self.components, (n,), generator=generator, device=self.device)
-        elif components.shape != (n,):
-            raise ValueError(f"components: expected shape ({n},), got {tuple(components.shape)}")
+        else:
+            components = check_indices(components, "components", self.components, shape=(n,))
         noise = torch.randn(n, 2, generator=generator, device=self.device)
         return self.means[components] + self.std * noise, components
 
@@ -155,7 +159,7 @@ class _Encoder(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.net(_check_batch(images))
 
 
 class Discriminator(nn.Module):
@@ -166,7 +170,9 @@ class Discriminator(nn.Module):
 
     def __init__(self, latent_dim: int = LATENT_DIM, hidden: int = 64, n_classes: int = 0) -> None:
         super().__init__()
-        self.n_classes = n_classes
+        self.latent_dim = check_int(latent_dim, "latent_dim", low=1)
+        self.n_classes = check_int(n_classes, "n_classes", low=0)
+        hidden = check_int(hidden, "hidden", low=1)
         self.net = nn.Sequential(
             nn.Linear(latent_dim + n_classes, hidden), nn.LeakyReLU(0.2),
             nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
@@ -174,9 +180,14 @@ class Discriminator(nn.Module):
         )
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        z = check_tensor(z, "z", shape=(None, self.latent_dim), floating=True, finite=False)
         if self.n_classes:
             if labels is None:
                 raise ValueError("labels: this discriminator is conditioned on labels; pass them")
+            labels = check_indices(labels, "labels", self.n_classes)
+            if labels.shape != (z.shape[0],):
+                raise ValueError(f"z, labels: expected one label per row of z, got {z.shape[0]} rows and labels of "
+                                 f"shape {tuple(labels.shape)}")
             z = torch.cat([z, F.one_hot(labels, self.n_classes).to(z.dtype)], dim=-1)
         return self.net(z).squeeze(-1)
 
@@ -187,7 +198,7 @@ class Autoencoder(nn.Module):
     def __init__(self, latent_dim: int = LATENT_DIM, hidden: int = HIDDEN, dropout: float = DROPOUT) -> None:
         super().__init__()
         self.latent_dim = check_int(latent_dim, "latent_dim", low=1)
-        self.encoder = _Encoder(self.latent_dim, hidden)
+        self.encoder = _Encoder(self.latent_dim, check_int(hidden, "hidden", low=1))
         self.decoder = CategoricalDecoder(self.latent_dim, hidden, dropout=dropout)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -250,6 +261,22 @@ def reconstruction_nll(model: Autoencoder, images: torch.Tensor) -> torch.Tensor
     return -_categorical_log_likelihood(model.decoder(model.encoder(images)), _levels(images)).mean()
 
 
+def _check_discriminator(discriminator: object) -> Discriminator:
+    if not isinstance(discriminator, Discriminator):
+        raise TypeError(f"discriminator: expected an mmlib.aae.Discriminator, got {type(discriminator).__name__}")
+    return discriminator
+
+
+def _check_labels(discriminator: Discriminator, z: torch.Tensor, labels: object, z_name: str, name: str) -> None:
+    """The labels a label-conditioned discriminator needs beside ``z``: one class index per row."""
+    if not discriminator.n_classes:
+        return
+    labels = check_indices(labels, name, discriminator.n_classes)
+    if labels.shape != (z.shape[0],):
+        raise ValueError(f"{z_name}, {name}: expected one label per code, got {z.shape[0]} codes and labels of shape "
+                         f"{tuple(labels.shape)}")
+
+
 def discriminator_loss(
     discriminator: Discriminator,
     z_prior: torch.Tensor,
@@ -261,11 +288,14 @@ def discriminator_loss(
     """Regularisation phase, discriminator: ``-mean log D(z_prior) - mean log(1 - D(z_codes))`` (prior = "real").
 
     Written with logits: ``softplus(-l) = -log sigmoid(l)`` and ``softplus(l) = -log(1 - sigmoid(l))``."""
+    _check_discriminator(discriminator)
     check_tensor(z_prior, "z_prior", ndim=2, floating=True, finite=False)
     check_tensor(z_codes, "z_codes", ndim=2, floating=True, finite=False)
     if z_prior.shape[1] != z_codes.shape[1]:
         raise ValueError(f"z_prior, z_codes: expected the same latent size, got {z_prior.shape[1]} and "
                          f"{z_codes.shape[1]}")
+    _check_labels(discriminator, z_prior, labels_prior, "z_prior", "labels_prior")
+    _check_labels(discriminator, z_codes, labels_codes, "z_codes", "labels_codes")
     real = discriminator(z_prior, labels_prior)
     fake = discriminator(z_codes, labels_codes)
     return F.softplus(-real).mean() + F.softplus(fake).mean()
@@ -275,8 +305,16 @@ def encoder_adversarial_loss(
     discriminator: Discriminator, z_codes: torch.Tensor, *, labels: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Regularisation phase, encoder (the generator of codes): ``-mean log D(E(x))`` (the non-saturating loss)."""
-    check_tensor(z_codes, "z_codes", ndim=2, floating=True, finite=False)
+    _check_discriminator(discriminator)
+    check_tensor(z_codes, "z_codes", shape=(None, discriminator.latent_dim), floating=True, finite=False)
+    _check_labels(discriminator, z_codes, labels, "z_codes", "labels")
     return F.softplus(-discriminator(z_codes, labels)).mean()
+
+
+def _check_prior(prior: object) -> RingPrior:
+    if not isinstance(prior, RingPrior):
+        raise TypeError(f"prior: expected an mmlib.aae.RingPrior, got {type(prior).__name__}")
+    return prior
 
 
 def mixture_vae_loss(model: MixturePriorVAE, images: torch.Tensor, prior: RingPrior) -> torch.Tensor:
@@ -285,9 +323,11 @@ def mixture_vae_loss(model: MixturePriorVAE, images: torch.Tensor, prior: RingPr
     if not isinstance(model, MixturePriorVAE):
         raise TypeError(f"model: expected an mmlib.aae.MixturePriorVAE, got {type(model).__name__}")
     images = _check_batch(images)
+    _check_prior(prior)
     mu, log_var = model.encoder(images)
     z = reparameterise(mu, log_var)
-    log_q = Normal(mu, (0.5 * log_var).exp()).log_prob(z).sum(dim=-1)
+    # no validation of the arguments (a host synchronisation): NaN images make the loss NaN, which train() reports
+    log_q = Normal(mu, (0.5 * log_var).exp(), validate_args=False).log_prob(z).sum(dim=-1)
     log_lik = _categorical_log_likelihood(model.decoder(z), _levels(images))
     return (-log_lik + log_q - prior.log_prob(z)).mean()
 
@@ -342,10 +382,18 @@ def aae_step(
         raise TypeError(f"model: expected an mmlib.aae.AdversarialAutoencoder, got {type(model).__name__}")
     if not isinstance(optimisers, Optimisers) or optimisers.discriminator is None:
         raise TypeError("optimisers: expected make_optimisers(model) of an adversarial autoencoder")
+    _check_prior(prior)
     images = _check_batch(images)
+    weight = check_positive(weight, "weight", allow_zero=True)
     conditioned = model.discriminator.n_classes > 0
-    if conditioned and (labels is None or labels.shape != (images.shape[0],)):
-        raise ValueError(f"labels: a label-conditioned AAE needs one digit per image, shape ({images.shape[0]},)")
+    if conditioned:
+        if labels is None:
+            raise ValueError("labels: a label-conditioned AAE needs the digit of every image")
+        # a label picks the prior's component and the discriminator's class
+        labels = check_indices(labels, "labels", min(prior.components, model.discriminator.n_classes))
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"images, labels: expected one digit per image, got {images.shape[0]} images and labels "
+                             f"of shape {tuple(labels.shape)}")
     lab = labels if conditioned else None
     z_codes = model.encoder(images)
     z_prior, comp = prior.sample(images.shape[0], components=lab)
@@ -383,14 +431,15 @@ def fit_model(
     Returns the model (eval mode) and its :class:`~mmlib.train.History`."""
     image_levels(images)
     seed = check_int(seed, "seed", low=0)
-    prior = RingPrior(device=images.device) if prior is None else prior
-    if not isinstance(prior, RingPrior):
-        raise TypeError(f"prior: expected an mmlib.aae.RingPrior, got {type(prior).__name__}")
+    prior = RingPrior(device=images.device) if prior is None else _check_prior(prior)
     model = build_model(kind, seed=seed, device=images.device)
     if kind == "aae-labels":
         if labels is None:
             raise ValueError("labels: kind 'aae-labels' needs the digit of every image")
-        labels = check_tensor(labels, "labels", shape=(images.shape[0],), integer=True)
+        labels = check_tensor(labels, "labels", ndim=1, integer=True)
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(f"images, labels: expected one digit per image, got {images.shape[0]} images and "
+                             f"{labels.shape[0]} labels")
         if bool((labels < 0).any()) or bool((labels >= prior.components).any()):
             raise ValueError(f"labels: expected digits in 0..{prior.components - 1}")
     optimisers = make_optimisers(model, lr)
@@ -470,7 +519,7 @@ def generate(model: Model, prior: RingPrior, n: int, *, seed: int = 0,
     Returns ``(images (n, 1, 8, 8) = level / 16, z (n, 2), component (n,))``; ``components`` fixes the component of
     every draw. A private generator seeded by ``seed`` makes the draws repeatable."""
     model = _check_model(model)
-    gen = torch.Generator(device=prior.device).manual_seed(check_int(seed, "seed", low=0))
+    gen = torch.Generator(device=_check_prior(prior).device).manual_seed(check_int(seed, "seed", low=0))
     z, comp = prior.sample(n, generator=gen, components=components)
     was_training = model.training
     model.eval()

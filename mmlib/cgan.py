@@ -24,9 +24,8 @@ or draws one sample per digit. ``python -m mmlib run cgan`` trains caption → i
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +33,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmlib.checks import check_choice, check_int, check_positive, check_probability, check_tensor
+from mmlib.checks import (
+    check_choice,
+    check_generator,
+    check_indices,
+    check_int,
+    check_positive,
+    check_probability,
+    check_tensor,
+)
 from mmlib.data import AUDIO_BINS, AUDIO_FRAMES, MODALITIES, TEXT_LENGTH, TEXT_VOCAB
-from mmlib.device import resolve_device
+from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import Result, register
 from mmlib.train import History, make_optimizer, train
@@ -119,7 +126,10 @@ def _check_batch(x: object, source: Source, name: str, *, values: bool = True) -
     the networks' ``forward`` skips it, so that a training step never waits for the device.
     """
     if isinstance(source, int):
-        return check_tensor(x, name, shape=(None, source), floating=True, finite=values)
+        x = check_tensor(x, name, ndim=2, finite=False)
+        if x.shape[1] != source:
+            raise ValueError(f"{name}: expected vectors of the source's width {source}, got shape {tuple(x.shape)}")
+        return check_tensor(x, name, floating=True, finite=values)
     shape = (None, *MODALITY_SHAPES[source])
     if source == "text":
         x = check_tensor(x, name, shape=shape, integer=True, finite=False)
@@ -147,6 +157,8 @@ def to_vector(x: torch.Tensor, modality: str) -> torch.Tensor:
 
 def mlp(sizes: list[int], *, slope: float = 0.2) -> nn.Sequential:
     """Linear layers of the given widths with LeakyReLU(``slope``) between them (none after the last)."""
+    if not isinstance(sizes, (list, tuple)):
+        raise TypeError(f"sizes: expected a list of layer widths, got {type(sizes).__name__}")
     if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
         raise ValueError(f"sizes: expected at least two positive ints (input, ..., output), got {sizes!r}")
     layers: list[nn.Module] = []
@@ -173,6 +185,7 @@ class TokenLinear(nn.Module):
         self.register_buffer("offsets", torch.arange(length) * vocab, persistent=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = check_indices(tokens, "tokens", self.vocab, shape=(None, self.length))
         return self.table(tokens + self.offsets).sum(dim=1) + self.bias
 
     def as_matrix(self) -> torch.Tensor:
@@ -195,7 +208,10 @@ class ConditionEncoder(nn.Module):
         self.net = nn.Sequential(first, nn.LeakyReLU(0.2), nn.Linear(hidden, check_int(embed_dim, "embed_dim", low=1)))
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        return self.net(_check_batch(c, self.source, "c", values=False))
+        c = _check_batch(c, self.source, "c", values=False)
+        if self.source == "text":  # token ids index an embedding (checked where that costs no synchronisation)
+            check_indices(c, "c", len(TEXT_VOCAB))
+        return self.net(c)
 
 
 class ConditionalGenerator(nn.Module):
@@ -213,6 +229,7 @@ class ConditionalGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         z = check_tensor(z, "z", shape=(None, self.noise_dim), floating=True, finite=False)
+        c = _check_batch(c, self.source, "c", values=False)
         if z.shape[0] != c.shape[0]:
             raise ValueError(f"z, c: expected one noise row per condition, got {z.shape[0]} and {c.shape[0]} rows")
         logits = self.net(torch.cat([z, self.encoder(c)], dim=1))
@@ -232,6 +249,8 @@ class ProjectionDiscriminator(nn.Module):
         self.encoder = ConditionEncoder(self.source, hidden, hidden)  # e_D(c), as wide as φ(x)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        x = _check_batch(x, self.target, "x", values=False)
+        c = _check_batch(c, self.source, "c", values=False)
         if x.shape[0] != c.shape[0]:
             raise ValueError(f"x, c: expected one condition per sample, got {x.shape[0]} and {c.shape[0]} rows")
         return self.score(x, self.encoder(c))
@@ -239,7 +258,13 @@ class ProjectionDiscriminator(nn.Module):
     def score(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """``D`` from a precomputed condition embedding ``e_D(c)`` (a training step scores real, generated and
         mismatched samples of the same conditions, so it encodes them once)."""
-        h = self.phi(_check_batch(x, self.target, "x", values=False).flatten(1))  # (N, hidden)
+        x = _check_batch(x, self.target, "x", values=False)
+        embedding = check_tensor(embedding, "embedding", shape=(None, self.psi.in_features), floating=True,
+                                 finite=False)
+        if x.shape[0] != embedding.shape[0]:
+            raise ValueError(f"x, embedding: expected one embedding per sample, got {x.shape[0]} and "
+                             f"{embedding.shape[0]} rows")
+        h = self.phi(x.flatten(1))  # (N, hidden)
         return self.psi(h).squeeze(1) + (embedding * h).sum(dim=1)
 
 
@@ -280,25 +305,6 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits).mean()
 
 
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Train the course's tiny networks on one CPU thread, then restore torch's setting (GPUs are not affected).
-
-    Their matrices have a few hundred rows: a second thread only adds synchronisation, and on a busy machine its
-    spin-waiting costs more CPU time than the work itself. One thread also makes the numbers independent of the
-    machine's thread count.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
     """``½ E_data ‖∇_x D(x, c)‖²`` (Mescheder et al., 2018) from the logits ``D(x, c)`` of real pairs and the inputs
     ``x`` they were computed from (which must require gradients); differentiable in D's parameters."""
@@ -307,9 +313,14 @@ def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Te
         raise ValueError("real_inputs: expected the tensor D was applied to, with requires_grad=True "
                          "(x = x.detach().requires_grad_(True) before computing D(x, c))")
     if real_inputs.shape[0] != real_logits.shape[0]:
-        raise ValueError(f"real_inputs: expected {real_logits.shape[0]} rows (one per logit), "
-                         f"got {real_inputs.shape[0]}")
-    (grad,) = torch.autograd.grad(real_logits.sum(), real_inputs, create_graph=True)
+        raise ValueError(f"real_logits, real_inputs: expected one logit per input row, got {real_logits.shape[0]} "
+                         f"logits and {real_inputs.shape[0]} rows")
+    grad = None
+    if real_logits.requires_grad:
+        (grad,) = torch.autograd.grad(real_logits.sum(), real_inputs, create_graph=True, allow_unused=True)
+    if grad is None:
+        raise ValueError("real_logits, real_inputs: the logits were not computed from real_inputs (pass the very "
+                         "tensor D was applied to)")
     return 0.5 * grad.pow(2).flatten(1).sum(dim=1).mean()
 
 
@@ -359,6 +370,12 @@ def cgan_step(
     """
     if not isinstance(generator, ConditionalGenerator) or not isinstance(discriminator, ProjectionDiscriminator):
         raise TypeError("generator, discriminator: expected a ConditionalGenerator and a ProjectionDiscriminator")
+    for name, optimizer in (("g_optimizer", g_optimizer), ("d_optimizer", d_optimizer)):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"{name}: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if ema is not None and not isinstance(ema, ConditionalGenerator):
+        raise TypeError(f"ema: expected a ConditionalGenerator (a copy of generator) or None, got {type(ema).__name__}")
+    noise = check_generator(noise, "noise")
     r1_weight = check_positive(r1_weight, "r1_weight", allow_zero=True)
     mode_seeking = check_positive(mode_seeking, "mode_seeking", allow_zero=True)
     ema_decay = check_probability(ema_decay, "ema_decay")
@@ -370,6 +387,10 @@ def cgan_step(
 
     def step(c: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         nonlocal done
+        c = _check_batch(c, generator.source, "c", values=False)
+        x = _check_batch(x, generator.target, "x", values=False)
+        if c.shape[0] != x.shape[0]:
+            raise ValueError(f"c, x: expected paired rows, got {c.shape[0]} conditions and {x.shape[0]} targets")
         with_r1 = r1_weight > 0 and done % r1_every == 0
         done += 1
         n = x.shape[0]
@@ -436,7 +457,8 @@ class CGANConfig:
         check_int(self.steps, "steps", low=1)
         check_int(self.batch_size, "batch_size", low=2)
         check_positive(self.lr, "lr")
-        if len(self.betas) != 2 or any(check_probability(b, "betas") >= 1 for b in self.betas):
+        pair = isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
+        if not pair or any(check_probability(b, "betas") >= 1 for b in self.betas):
             raise ValueError(f"betas: expected two numbers in [0, 1), got {self.betas!r}")
         check_positive(self.r1_weight, "r1_weight", allow_zero=True)
         check_int(self.r1_every, "r1_every", low=1)
@@ -506,7 +528,7 @@ def fit_cgan(
                      mode_seeking=config.mode_seeking, noise=noise, ema=ema, ema_decay=config.ema_decay,
                      r1_every=config.r1_every)
     name = source if isinstance(source, str) else f"vector[{source}]"
-    with _one_cpu_thread(dev):  # tiny networks: a second CPU thread costs more than it saves
+    with one_cpu_thread(dev):  # tiny networks: a second CPU thread costs more than it saves
         history = train(step, (conditions, targets), steps=config.steps, batch_size=config.batch_size, log_every=50,
                         seed=seed + 2, desc=f"cGAN {name}→{target}", progress=progress)
     sampler = ema if ema is not None else G
@@ -552,7 +574,7 @@ def one_per_digit(samples: torch.Tensor, labels: torch.Tensor, predicted: torch.
     samples = check_tensor(samples, "samples", floating=True)
     if samples.ndim < 3:
         raise ValueError(f"samples: expected shape (N, K, ...), got {tuple(samples.shape)}")
-    labels = check_tensor(labels, "labels", shape=(samples.shape[0],), integer=True)
+    labels = _check_labels(labels, "labels", samples, "samples")
     n, k = samples.shape[:2]
     if predicted is not None:
         predicted = check_tensor(predicted, "predicted", shape=(n, k), integer=True)
@@ -566,6 +588,24 @@ def one_per_digit(samples: torch.Tensor, labels: torch.Tensor, predicted: torch.
         chosen[digit] = int(torch.nonzero(hits)[0])
     index = torch.tensor([chosen[d] for d in label_rows.tolist()], device=samples.device)
     return flat[index].reshape(samples.shape)
+
+
+def _check_labels(labels: object, name: str, rows: torch.Tensor, rows_name: str) -> torch.Tensor:
+    """Integer labels, one per row of ``rows``."""
+    labels = check_tensor(labels, name, ndim=1, integer=True)
+    if labels.shape[0] != rows.shape[0]:
+        raise ValueError(f"{rows_name}, {name}: expected one label per row, got {rows.shape[0]} rows and "
+                         f"{labels.shape[0]} labels")
+    return labels
+
+
+def _check_every_digit(labels: torch.Tensor, name: str) -> None:
+    """Digits 0..9, each at least twice (a per-digit Fréchet distance needs two rows)."""
+    if int(labels.min()) < 0 or int(labels.max()) > 9:
+        raise ValueError(f"{name}: expected digits 0..9, got {int(labels.min())}..{int(labels.max())}")
+    counts = torch.bincount(labels, minlength=10)
+    if int(counts.min()) < 2:
+        raise ValueError(f"{name}: expected at least two rows of every digit, got counts {counts.tolist()}")
 
 
 def conditional_accuracy(predicted: torch.Tensor, condition_labels: torch.Tensor) -> float:
@@ -594,7 +634,7 @@ def real_within_digit_variance(x: torch.Tensor, labels: torch.Tensor) -> float:
     """The same statistic for real data: the mean over digits of the per-coordinate variance of that digit's samples
     (the conditions carry only the digit, so a faithful generator's within-condition variance is close to it)."""
     x = check_tensor(x, "x", floating=True)
-    labels = check_tensor(labels, "labels", shape=(x.shape[0],), integer=True)
+    labels = _check_labels(labels, "labels", x, "x")
     flat = x.flatten(1)
     digits = labels.unique().tolist()
     if any(int((labels == d).sum()) < 2 for d in digits):
@@ -612,8 +652,8 @@ def class_frechet_distances(
     """
     features = check_tensor(features, "features", ndim=2, floating=True)
     reference = check_tensor(reference, "reference", ndim=2, floating=True)
-    labels = check_tensor(labels, "labels", shape=(features.shape[0],), integer=True)
-    reference_labels = check_tensor(reference_labels, "reference_labels", shape=(reference.shape[0],), integer=True)
+    labels = _check_labels(labels, "labels", features, "features")
+    reference_labels = _check_labels(reference_labels, "reference_labels", reference, "reference")
     if features.shape[1] != reference.shape[1]:
         raise ValueError(f"features, reference: expected the same feature width, got {features.shape[1]} and "
                          f"{reference.shape[1]}")
@@ -623,7 +663,7 @@ def class_frechet_distances(
     for k in range(10):
         a, b = features[labels == k], reference[reference_labels == k]
         if a.shape[0] < 2 or b.shape[0] < 2:
-            raise ValueError(f"labels: digit {k} needs at least two rows on each side, "
+            raise ValueError(f"labels, reference_labels: digit {k} needs at least two rows on each side, "
                              f"got {a.shape[0]} and {b.shape[0]}")
         out[k] = float(frechet(a, b))
     return out
@@ -697,10 +737,12 @@ def evaluate_cgan(
         raise ValueError(f"samples: expected (N, K, 1, 8, 8) images or (N, K, {AUDIO_BINS}, {AUDIO_FRAMES}) "
                          f"spectrograms, got {tuple(samples.shape)}")
     n, k = samples.shape[:2]
-    condition_labels = check_tensor(condition_labels, "condition_labels", shape=(n,), integer=True)
+    condition_labels = _check_labels(condition_labels, "condition_labels", samples, "samples")
     real_test = _check_batch(real_test, target, "real_test")
     real_train = _check_batch(real_train, target, "real_train")
-    train_labels = check_tensor(train_labels, "train_labels", shape=(real_train.shape[0],), integer=True)
+    train_labels = _check_labels(train_labels, "train_labels", real_train, "real_train")
+    _check_every_digit(condition_labels, "condition_labels")
+    _check_every_digit(train_labels, "train_labels")
     if real_test.shape[0] != n:
         raise ValueError(f"real_test: expected the {n} real targets paired with the conditions, "
                          f"got {real_test.shape[0]}")
@@ -744,7 +786,7 @@ def run_cgan(
     """
     seed = check_int(seed, "seed", low=0)
     dev = resolve_device(device)
-    with _one_cpu_thread(dev):  # tiny networks: one thread is faster, and the numbers do not depend on the count
+    with one_cpu_thread(dev):  # tiny networks: one thread is faster, and the numbers do not depend on the count
         return _run_cgan(seed, dev, progress, pairs, config)
 
 

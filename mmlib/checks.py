@@ -18,6 +18,8 @@ __all__ = [
     "check_probability",
     "check_same_length",
     "check_choice",
+    "check_generator",
+    "check_indices",
     "as_tensor",
 ]
 
@@ -127,4 +129,23 @@ def check_choice(x: object, name: str, choices: Sequence[str]) -> str:
         raise TypeError(f"{name}: expected a string, one of {list(choices)}, got {type(x).__name__}")
     if x not in choices:
         raise ValueError(f"{name}: unknown value {x!r}; expected one of {list(choices)}")
+    return x
+
+
+def check_generator(x: object, name: str = "generator") -> torch.Generator | None:
+    """``None`` or a ``torch.Generator`` (a private source of random numbers)."""
+    if x is not None and not isinstance(x, torch.Generator):
+        raise TypeError(f"{name}: expected a torch.Generator or None, got {type(x).__name__}")
+    return x
+
+
+def check_indices(x: object, name: str, size: int, *, shape: Sequence[int | None] | None = None) -> torch.Tensor:
+    """An integer tensor of indices into ``size`` items (class labels, token ids, mixture components).
+
+    The range ``0..size-1`` is checked only on the CPU: on a GPU it would cost a host synchronisation, which code run
+    at every training step avoids (an index out of range then stops in a device-side assertion instead).
+    """
+    x = check_tensor(x, name, shape=shape, integer=True, finite=False)
+    if x.device.type == "cpu" and (int(x.min()) < 0 or int(x.max()) >= size):
+        raise ValueError(f"{name}: expected integers in 0..{size - 1}, got {int(x.min())}..{int(x.max())}")
     return x

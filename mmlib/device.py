@@ -7,11 +7,13 @@ function returns.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
-__all__ = ["get_device", "resolve_device", "describe_device"]
+__all__ = ["get_device", "resolve_device", "describe_device", "one_cpu_thread"]
 
 
 def _mps_available() -> bool:
@@ -60,3 +62,23 @@ def describe_device(device: torch.device) -> str:
     if device.type == "mps":
         return "mps (Apple GPU)"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device | str | None = None) -> Iterator[None]:
+    """Run the body on one CPU thread when ``device`` is the CPU, then restore torch's thread count.
+
+    For the course's small networks (matrices of a few hundred rows, notebooks 03, 06 and 08): a second thread only
+    adds synchronisation, and on a busy machine its spin-waiting can cost more CPU time than the work itself. One
+    thread also makes the trained numbers independent of the machine's thread count. GPUs are not affected.
+    """
+    device = resolve_device(device)
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -22,7 +22,7 @@ runs them for three seeds and writes ``data/results/gan_2d.json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 import json
 import math
 import platform
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from mmlib.checks import check_choice, check_int, check_positive, check_probability, check_tensor
-from mmlib.device import resolve_device
+from mmlib.checks import check_choice, check_generator, check_int, check_positive, check_probability, check_tensor
+from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import Result, register
 from mmlib.train import History, make_optimizer, train
@@ -104,7 +104,7 @@ class Generator(nn.Module):
                         nn.ReLU)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # (N, noise_dim) -> (N, data_dim)
-        return self.net(z)
+        return self.net(check_tensor(z, "z", shape=(None, self.noise_dim), floating=True, finite=False))
 
 
 class Discriminator(nn.Module):
@@ -125,6 +125,7 @@ class Discriminator(nn.Module):
                         lambda: nn.LeakyReLU(0.2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, data_dim) -> (N / pack,)
+        x = check_tensor(x, "x", shape=(None, self.data_dim), floating=True, finite=False)
         return self.net(pack_samples(x, self.pack) / self.unit).squeeze(-1)
 
 
@@ -257,25 +258,43 @@ def gan_step(
     lr_drop_at: int | None = None,
     lr_drop: float = 0.1,
     d_lr_drop: float | None = None,
+    ema: Generator | None = None,
+    ema_decay: float = 0.999,
 ) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     """One round of the game for :func:`mmlib.train.train`: a discriminator update, then a generator update.
 
     ``step(real)`` draws as many noise vectors as real samples (from the private ``noise`` generator), takes one
     Adam step on :func:`discriminator_loss` and one on :func:`generator_loss` (``loss``), and returns the detached
     losses ``{"d_loss", "g_loss"}``. After ``lr_drop_at`` steps the generator's learning rate is multiplied by
-    ``lr_drop`` and the discriminator's by ``d_lr_drop`` (default: ``lr_drop`` too).
+    ``lr_drop`` and the discriminator's by ``d_lr_drop`` (default: ``lr_drop`` too). With ``ema`` (a copy of the
+    generator), every step ends with ``θ_ema ← β θ_ema + (1 − β) θ_G``, ``β = ema_decay``: an exponential moving
+    average of the generator's weights (Yazıcı et al., 2019), which smooths out the last steps' jitter.
     """
     if not isinstance(generator, Generator) or not isinstance(discriminator, Discriminator):
         raise TypeError("generator, discriminator: expected mmlib.gan.Generator and mmlib.gan.Discriminator")
+    for name, optimizer in (("opt_g", opt_g), ("opt_d", opt_d)):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"{name}: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    noise = check_generator(noise, "noise")
     loss = check_choice(loss, "loss", GENERATOR_LOSSES)
     if lr_drop_at is not None:
         lr_drop_at = check_int(lr_drop_at, "lr_drop_at", low=0)
     lr_drop = check_probability(lr_drop, "lr_drop")
     d_lr_drop = lr_drop if d_lr_drop is None else check_probability(d_lr_drop, "d_lr_drop")
+    if ema is not None and not isinstance(ema, Generator):
+        raise TypeError(f"ema: expected an mmlib.gan.Generator (a copy of the generator) or None, "
+                        f"got {type(ema).__name__}")
+    ema_decay = check_probability(ema_decay, "ema_decay")
+    g_params = list(generator.parameters())
+    ema_params = list(ema.parameters()) if ema is not None else []
     done = 0
 
     def step(real: torch.Tensor) -> dict[str, torch.Tensor]:
         nonlocal done
+        real = check_tensor(real, "real", shape=(None, discriminator.data_dim), floating=True, finite=False)
+        if real.shape[0] % discriminator.pack:
+            raise ValueError(f"real: expected a number of rows divisible by the discriminator's pack="
+                             f"{discriminator.pack}, got {real.shape[0]}")
         if done == lr_drop_at:
             for optimizer, factor in ((opt_g, lr_drop), (opt_d, d_lr_drop)):
                 for group in optimizer.param_groups:
@@ -291,6 +310,9 @@ def gan_step(
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, g_params, 1.0 - ema_decay)
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
     return step
@@ -301,9 +323,16 @@ def generator_gradient_norms(generator: Generator, discriminator: Discriminator,
 
     Used in notebook 03 to show the minimax loss saturating when ``D`` confidently rejects the fakes.
     """
+    if not isinstance(generator, Generator):
+        raise TypeError(f"generator: expected an mmlib.gan.Generator, got {type(generator).__name__}")
+    if not isinstance(discriminator, Discriminator):
+        raise TypeError(f"discriminator: expected an mmlib.gan.Discriminator, got {type(discriminator).__name__}")
     check_tensor(z, "z", ndim=2, floating=True)
     if z.shape[1] != generator.noise_dim:
         raise ValueError(f"z: expected {generator.noise_dim} columns (the generator's noise_dim), got {z.shape[1]}")
+    if z.shape[0] % discriminator.pack:
+        raise ValueError(f"z: expected a number of rows divisible by the discriminator's pack={discriminator.pack}, "
+                         f"got {z.shape[0]}")
     params = [p for p in generator.parameters() if p.requires_grad]
     norms = {}
     for kind in GENERATOR_LOSSES:
@@ -360,29 +389,10 @@ def train_discriminator(
         optimizer.step()
         return {"d_loss": loss.detach()}
 
-    with _one_cpu_thread(device):
+    with one_cpu_thread(device):
         history = train(step, (real, fake), steps=steps, batch_size=batch_size, seed=seed, log_every=50,
                         desc="discriminator vs a fixed generator", progress=progress)
     return disc, history
-
-
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device):
-    """Run tiny-MLP training on one CPU thread, then restore torch's setting.
-
-    The 2D GANs multiply matrices of a few hundred rows: a second thread only adds synchronisation, and on a busy
-    machine its spin-waiting can cost more CPU time than the work itself (measured: 15 s on one thread, several
-    minutes on two, same results). GPUs are not affected.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -394,7 +404,8 @@ class GANConfig:
     ``init_through_data`` starts with its first-layer hyperplanes through real samples (:func:`init_through_data`).
     Optimisation: Adam with ``lr``/``betas`` for ``steps`` steps of ``batch_size`` real and as many generated
     samples, the last ``final_fraction`` of them at ``lr * lr_drop`` for ``G`` and ``lr * d_lr_drop`` for ``D``;
-    ``loss`` is the generator's loss. ``n_train`` points are drawn once from the mixture.
+    ``loss`` is the generator's loss. ``n_train`` points are drawn once from the mixture. With ``ema_decay > 0`` the
+    samples come from an exponential moving average of the generator's weights (:func:`gan_step`).
     """
 
     hidden: int = 128
@@ -413,6 +424,7 @@ class GANConfig:
     d_lr_drop: float = 0.1
     loss: str = "non-saturating"
     n_train: int = 100_000
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         check_int(self.hidden, "hidden", low=1)
@@ -437,6 +449,8 @@ class GANConfig:
         check_probability(self.lr_drop, "lr_drop")
         check_probability(self.d_lr_drop, "d_lr_drop")
         check_choice(self.loss, "loss", GENERATOR_LOSSES)
+        if check_probability(self.ema_decay, "ema_decay") == 1.0:
+            raise ValueError("ema_decay: expected a number in [0, 1), got 1.0 (the average would never move)")
         check_int(self.n_train, "n_train", low=max(self.batch_size, self.hidden * self.pack))
 
 
@@ -445,22 +459,29 @@ PLAIN_GAN: GANConfig = GANConfig()
 
 #: The course's recipe, per mixture (notebook 03 explains each ingredient).
 RECIPES: dict[str, GANConfig] = {
-    "ring": GANConfig(g_layers=3, pack=2, d_unit=0.1, init_through_data=True, steps=8000, batch_size=128,
-                      final_fraction=0.4),
+    "ring": GANConfig(g_layers=3, pack=2, d_unit=0.1, init_through_data=True, steps=8000, batch_size=256,
+                      final_fraction=0.4, ema_decay=0.999),
     "grid": GANConfig(g_layers=3, pack=2, d_unit=0.25, init_through_data=True, steps=24000, batch_size=128,
-                      final_fraction=0.25),
+                      final_fraction=0.25, ema_decay=0.999),
 }
 
 
 @dataclass
 class TrainedGAN:
-    """A trained pair with the config and seed that made it and the logged losses."""
+    """A trained pair with the config and seed that made it and the logged losses; ``ema`` is the moving average of
+    the generator's weights when ``config.ema_decay > 0`` (else ``None``), and :attr:`sampler` the one to sample."""
 
     generator: Generator
     discriminator: Discriminator
     history: History
     config: GANConfig
     seed: int
+    ema: Generator | None = None
+
+    @property
+    def sampler(self) -> Generator:
+        """The generator whose samples are scored: the weight average when there is one."""
+        return self.ema if self.ema is not None else self.generator
 
 
 def train_gan(
@@ -495,12 +516,13 @@ def train_gan(
     noise = torch.Generator(device=device)
     noise.manual_seed(seed + 1)
     drop_at = config.steps - round(config.final_fraction * config.steps) if config.final_fraction > 0 else None
+    ema = copy.deepcopy(gen).requires_grad_(False) if config.ema_decay > 0 else None
     step = gan_step(gen, disc, opt_g, opt_d, noise=noise, loss=config.loss, lr_drop_at=drop_at,
-                    lr_drop=config.lr_drop, d_lr_drop=config.d_lr_drop)
-    with _one_cpu_thread(device):
+                    lr_drop=config.lr_drop, d_lr_drop=config.d_lr_drop, ema=ema, ema_decay=config.ema_decay)
+    with one_cpu_thread(device):
         history = train(step, data, steps=config.steps, batch_size=config.batch_size, seed=seed + 2, log_every=100,
                         desc=desc, progress=progress)
-    return TrainedGAN(gen, disc, history, config, seed)
+    return TrainedGAN(gen, disc, history, config, seed, ema)
 
 
 @torch.no_grad()
@@ -553,6 +575,8 @@ def fit_mixture(
 
     draw, modes, std = mixture(name)
     setting = check_choice(setting, "setting", SETTINGS)
+    if config is not None and not isinstance(config, GANConfig):
+        raise TypeError(f"config: expected a GANConfig or None, got {type(config).__name__}")
     config = config if config is not None else (PLAIN_GAN if setting == "plain" else RECIPES[name])
     seed = check_int(seed, "seed", low=0)
     device = resolve_device(device)
@@ -560,7 +584,7 @@ def fit_mixture(
     start = time.perf_counter()
     trained = train_gan(data, config, seed=seed, device=device, progress=progress, desc=f"{setting} GAN on the {name}")
     seconds = time.perf_counter() - start
-    samples = sample(trained.generator, N_EVAL, seed=seed + 3)
+    samples = sample(trained.sampler, N_EVAL, seed=seed + 3)
     metrics = {k: float(v) for k, v in mode_metrics(samples, modes.to(samples.device), std).items()}
     metrics["seconds"] = round(seconds, 2)
     return metrics, samples, trained
@@ -656,10 +680,15 @@ def results_table(seeds: Sequence[int] = (0, 1, 2), device: torch.device | str |
 
 def load_results(path: str | Path = RESULTS_FILE) -> dict[str, object]:
     """Read the stored table written by ``python -m mmlib.gan table``."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path: expected a file path (str or Path), got {type(path).__name__}")
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ValueError(f"path: no results file at {path.name}; make it with: python -m mmlib.gan table")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:  # not UTF-8, or not JSON
+        raise ValueError(f"path: {path.name} is not a results table written by python -m mmlib.gan table") from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:

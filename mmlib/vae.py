@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from mmlib.checks import check_choice, check_int, check_positive, check_tensor
+from mmlib.checks import check_choice, check_generator, check_int, check_positive, check_probability, check_tensor
 from mmlib.device import resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import Result, register
@@ -129,25 +129,48 @@ def image_levels(images: torch.Tensor) -> torch.Tensor:
 
     Validates shape, dtype, finiteness and range (one host check); use it outside training loops.
     """
-    images = check_tensor(images, "images", ndim=(2, 3, 4), floating=True)
+    return _levels(_check_images(images))
+
+
+def _check_images(images: object, name: str = "images") -> torch.Tensor:
+    """:func:`image_levels`' full validation, with the argument's name in the messages."""
+    images = check_tensor(images, name, ndim=(2, 3, 4), floating=True)
     if images[0].numel() != NUM_PIXELS:
-        raise ValueError(f"images: expected {NUM_PIXELS} pixels per image (8 x 8), got shape {tuple(images.shape)}")
+        raise ValueError(f"{name}: expected {NUM_PIXELS} pixels per image (8 x 8), got shape {tuple(images.shape)}")
     if bool(((images < 0) | (images > 1)).any()):
-        raise ValueError("images: expected grey levels / 16 in [0, 1] (the representation of load_multimodal_digits)")
-    return _levels(images)
+        raise ValueError(f"{name}: expected grey levels / 16 in [0, 1] (the representation of load_multimodal_digits)")
+    return images
 
 
 def _levels(images: torch.Tensor) -> torch.Tensor:
-    """The levels of already-validated images, without a host synchronisation (for training steps)."""
-    return (images.reshape(images.shape[0], -1) * (NUM_LEVELS - 1)).round().long()
+    """The levels of images, without a host synchronisation (for training steps). Values are not checked: levels are
+    clamped to ``0..16`` so that bad pixels never index out of range (NaN pixels make the encoder's codes, and so the
+    loss, NaN, which :func:`mmlib.train.train` reports)."""
+    return (images.reshape(images.shape[0], -1) * (NUM_LEVELS - 1)).round().long().clamp(0, NUM_LEVELS - 1)
 
 
-def _check_batch(images: object, name: str = "images") -> torch.Tensor:
+def _check_batch(images: object, name: str = "images", n_pixels: int = NUM_PIXELS) -> torch.Tensor:
     """Shape and dtype checks only (no host synchronisation): what a loss evaluated every step can afford."""
     images = check_tensor(images, name, ndim=(2, 3, 4), floating=True, finite=False)
-    if images[0].numel() != NUM_PIXELS:
-        raise ValueError(f"{name}: expected {NUM_PIXELS} pixels per image (8 x 8), got shape {tuple(images.shape)}")
+    if images[0].numel() != n_pixels:
+        raise ValueError(f"{name}: expected {n_pixels} pixels per image (8 x 8 for the digits), "
+                         f"got shape {tuple(images.shape)}")
     return images
+
+
+def _check_dropout(dropout: object) -> float:
+    dropout = check_probability(dropout, "dropout")
+    if dropout == 1.0:
+        raise ValueError("dropout: expected a probability in [0, 1), got 1.0")
+    return dropout
+
+
+def _check_latent(z: object, latent_dim: int) -> torch.Tensor:
+    """Codes ``(..., latent_dim)`` for a decoder (shape and dtype only: no host synchronisation)."""
+    z = check_tensor(z, "z", floating=True, finite=False)
+    if z.ndim < 1 or z.shape[-1] != latent_dim:
+        raise ValueError(f"z: expected codes of shape (..., {latent_dim}), got {tuple(z.shape)}")
+    return z
 
 
 def _check_model(model: object, likelihood: str | None = None) -> VAE:
@@ -189,6 +212,7 @@ def _gradient_setup(
         raise TypeError(f"mu: expected a finite number, got {mu!r}")
     check_positive(sigma, "sigma")
     n_samples = check_int(n_samples, "n_samples", low=2)
+    generator = check_generator(generator)
     device = generator.device if generator is not None else torch.device("cpu")
     eps = torch.randn(n_samples, generator=generator, device=device, dtype=torch.float64)
     mus = torch.full((n_samples,), float(mu), device=device, dtype=torch.float64, requires_grad=True)
@@ -258,6 +282,8 @@ def kl_monte_carlo(
     Returns ``(estimate, standard_error)``, each ``(N,)``; the standard error is the sample standard deviation of
     ``log q - log p`` over the ``S`` draws divided by ``sqrt(S)``.
     """
+    mu = check_tensor(mu, "mu", floating=True)
+    log_var = check_tensor(log_var, "log_var", floating=True)
     n_samples = check_int(n_samples, "n_samples", low=2)
     z = reparameterise(mu, log_var, n_samples=n_samples, generator=generator)
     q = Normal(mu, (0.5 * log_var).exp())
@@ -277,6 +303,8 @@ class GaussianEncoder(nn.Module):
 
     def __init__(self, latent_dim: int, hidden: int, n_pixels: int = NUM_PIXELS) -> None:
         super().__init__()
+        latent_dim, hidden = check_int(latent_dim, "latent_dim", low=1), check_int(hidden, "hidden", low=1)
+        self.n_pixels = check_int(n_pixels, "n_pixels", low=1)
         self.net = nn.Sequential(
             nn.Flatten(),
             nn.Linear(n_pixels, hidden), nn.SiLU(),
@@ -285,6 +313,7 @@ class GaussianEncoder(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = _check_batch(images, n_pixels=self.n_pixels)
         mu, log_var = self.net(images).chunk(2, dim=-1)  # (N, d), (N, d)
         return mu, log_var
 
@@ -297,7 +326,10 @@ class CategoricalDecoder(nn.Module):
     def __init__(self, latent_dim: int, hidden: int, n_pixels: int = NUM_PIXELS, num_levels: int = NUM_LEVELS,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        self.n_pixels, self.num_levels = n_pixels, num_levels
+        self.latent_dim, hidden = check_int(latent_dim, "latent_dim", low=1), check_int(hidden, "hidden", low=1)
+        self.n_pixels = check_int(n_pixels, "n_pixels", low=1)
+        self.num_levels = check_int(num_levels, "num_levels", low=1)
+        dropout = _check_dropout(dropout)
         self.net = nn.Sequential(
             nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.SiLU(), nn.Dropout(dropout),
@@ -305,6 +337,7 @@ class CategoricalDecoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = _check_latent(z, self.latent_dim)
         return self.net(z).unflatten(-1, (self.n_pixels, self.num_levels))  # (..., P, L)
 
 
@@ -314,6 +347,8 @@ class GaussianDecoder(nn.Module):
 
     def __init__(self, latent_dim: int, hidden: int, n_pixels: int = NUM_PIXELS, dropout: float = 0.0) -> None:
         super().__init__()
+        self.latent_dim, hidden = check_int(latent_dim, "latent_dim", low=1), check_int(hidden, "hidden", low=1)
+        n_pixels, dropout = check_int(n_pixels, "n_pixels", low=1), _check_dropout(dropout)
         self.net = nn.Sequential(
             nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.SiLU(), nn.Dropout(dropout),
@@ -321,6 +356,7 @@ class GaussianDecoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = _check_latent(z, self.latent_dim)
         return torch.sigmoid(self.net(z))  # (..., P)
 
 
@@ -337,9 +373,7 @@ class VAE(nn.Module):
         self.latent_dim = check_int(latent_dim, "latent_dim", low=1)
         hidden = check_int(hidden, "hidden", low=1)
         self.likelihood = check_choice(likelihood, "likelihood", LIKELIHOODS)
-        dropout = float(dropout)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
+        dropout = _check_dropout(dropout)
         self.sigma = check_positive(sigma, "sigma")
         self.encoder = GaussianEncoder(self.latent_dim, hidden)
         if self.likelihood == "categorical":
@@ -352,7 +386,14 @@ class VAE(nn.Module):
         return next(self.parameters()).device
 
     def log_likelihood(self, images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``log p_theta(x | z)`` per image, summed over pixels: ``z (..., N, d)`` -> ``(..., N)`` (no checks)."""
+        """``log p_theta(x | z)`` per image, summed over pixels: ``z (..., N, d)`` -> ``(..., N)``.
+
+        Shapes and dtypes are checked, values are not (no host synchronisation: fit for a training step)."""
+        images = _check_batch(images)
+        z = check_tensor(z, "z", floating=True, finite=False)
+        if z.ndim < 2 or tuple(z.shape[-2:]) != (images.shape[0], self.latent_dim):
+            raise ValueError(f"z: expected codes of shape (..., {images.shape[0]}, {self.latent_dim}) for "
+                             f"{images.shape[0]} images, got {tuple(z.shape)}")
         if self.likelihood == "categorical":
             return _categorical_log_likelihood(self.decoder(z), _levels(images))
         return _gaussian_log_likelihood(self.decoder(z), images.reshape(images.shape[0], -1), self.sigma)
@@ -396,7 +437,8 @@ def categorical_log_likelihood(logits: torch.Tensor, levels: torch.Tensor) -> to
         raise ValueError(f"logits, levels: expected logits (..., N, P, L) with (N, P) = levels.shape "
                          f"{tuple(levels.shape)}, got {tuple(logits.shape)}")
     if bool((levels < 0).any()) or bool((levels >= logits.shape[-1]).any()):
-        raise ValueError(f"levels: expected integers in 0..{logits.shape[-1] - 1}")
+        raise ValueError(f"levels: expected integers in 0..{logits.shape[-1] - 1} (logits has {logits.shape[-1]} "
+                         "levels in its last dimension)")
     return _categorical_log_likelihood(logits, levels.long())
 
 
@@ -706,7 +748,8 @@ def beta_sweep(
     if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or not betas:
         raise TypeError(f"betas: expected a non-empty sequence of numbers, got {betas!r}")
     betas = [check_positive(b, f"betas[{i}]") for i, b in enumerate(betas)]
-    image_levels(test_images)
+    _check_images(train_images, "train_images")
+    _check_images(test_images, "test_images")
     rows = []
     for b in betas:
         model, _ = fit_vae(train_images, beta=b, steps=steps, latent_dim=latent_dim, seed=seed, progress=progress,

@@ -475,11 +475,16 @@ assert plain["ring"][0]["reverse_kl"] > 0.1 and plain["grid"][0]["reverse_kl"] >
 # 3. **$D$'s first-layer hyperplanes start through real samples** (`init_through_data`). A ReLU-type unit bends
 #    where $w\cdot x + b = 0$; by default those bends sit near the origin, far from the grid's outer modes. Setting
 #    $b_i = -w_i\cdot x_i$ for real samples $x_i$ puts them where the data are.
-# 4. **A deeper generator** (3 hidden layers) and **small batches, many steps** (128 samples, 8,000 steps on the
-#    ring, 24,000 on the grid): progress is counted in Adam steps, and a generator needs steep maps to jump from
-#    mode to mode.
+# 4. **A deeper generator** (3 hidden layers) and **many steps** (8,000 steps of 256 samples on the ring, 24,000
+#    of 128 on the grid): progress is counted in Adam steps, and a generator needs steep maps to jump from mode to
+#    mode.
 # 5. **A final phase at a tenth of the learning rate** (the last 40 % / 25 % of the steps): Adam's step-to-step
 #    jitter is about the learning rate; lowering it lets the samples settle *on* the modes.
+# 6. **Sample from the average of the generator's weights** (an exponential moving average,
+#    $\theta_\text{avg} \leftarrow 0.999\,\theta_\text{avg} + 0.001\,\theta_G$ after every step; Yazıcı et al., 2019).
+#    The game never quite settles — each player keeps reacting to the other — and a mode of the ring is only 0.01
+#    wide; averaging the last thousand or so generators cancels much of that wobble. Training is unchanged: only
+#    the samples come from the average.
 #
 # Same seed, same code path as the experiments `gan-ring` and `gan-grid`.
 
@@ -508,8 +513,10 @@ assert all(recipe[name][0]["hq_fraction"] > 3 * plain[name][0]["hq_fraction"] fo
 assert all(recipe[name][0]["reverse_kl"] < 0.05 for name in recipe), "and its samples spread evenly over the modes"
 
 # %% [markdown]
-# Both runs see the same number of real samples: 2,000 steps × 512 for the plain GAN on the ring, 8,000 × 128 for the
-# recipe. What remains off the modes are mostly samples *between* neighbouring modes — the price of a continuous
+# The recipe is not just "more data": on the grid it sees three times as many real samples as the plain GAN
+# (24,000 × 128 against 2,000 × 512), on the ring four times as many (8,000 × 256) — but the plain GAN's samples
+# do not sharpen with a longer run (try `fit_mixture("ring", "plain", config=replace(PLAIN_GAN, steps=8000))`).
+# What remains off the modes are mostly samples *between* neighbouring modes — the price of a continuous
 # generator fed with connected noise (exercise 03.3).
 
 # %% [markdown] slideshow={"slide_type": "slide"}
@@ -584,11 +591,13 @@ for name in ("ring", "grid"):
 #   on one mode. Read the three columns together.
 # - *Modes*: the recipe covers every mode in every seed (8.0 and 25.0), at least PacGAN's best rows (7.9 with
 #   PacGAN2 on the ring, 24.8 with PacGAN4 on the grid), with an even spread (reverse KL below 0.01 in our definition).
-# - *Sharpness*: the recipe's high-quality fraction is **below** PacGAN's best rows — 92.6 ± 4.0 % against 95.6 % on
-#   the ring and 92.3 ± 0.5 % against 93.6 % on the grid — while training for a minute on one CPU core instead of
-#   400 epochs over 100,000 points. It is far above the plain GAN's and VEEGAN's.
-# - *Spread over seeds*: one of our three ring seeds reaches only 87 %; the standard deviations are over 3 seeds
-#   (population), PacGAN's ± are standard errors over 10 runs — not the same statistic.
+# - *Sharpness*: on the ring the recipe's high-quality fraction, 96.5 ± 0.5 %, is **above** PacGAN's best row with
+#   8 of 8 modes (PacGAN2: 95.6 %, 7.9 modes); PacGAN3's 97.7 % is sharper but misses modes (7.8). On the grid it is
+#   **below** PacGAN's best rows: 92.8 ± 0.2 % against 93.6 % (PacGAN4) and 94.2 % (PacGAN3) — a gap of one point
+#   that we did not close within a minute of training on one CPU core (PacGAN: 400 epochs over 100,000 points).
+#   It is far above the plain GAN's and VEEGAN's.
+# - *Spread over seeds*: the standard deviations are over 3 seeds (population), PacGAN's ± are standard errors
+#   over 10 runs — not the same statistic.
 
 # %%
 ring_r, grid_r = summary["ring"]["recipe"], summary["grid"]["recipe"]
@@ -596,10 +605,8 @@ assert ring_r["modes_covered"] == [8.0, 0.0] and grid_r["modes_covered"] == [25.
     "the recipe covers every mode in every seed: at least PacGAN's best rows (7.9 of 8, 24.8 of 25)"
 )
 assert ring_r["reverse_kl"][0] < 0.01 and grid_r["reverse_kl"][0] < 0.01, "with an even spread over the modes"
-assert 0.90 < ring_r["hq_fraction"][0] < 0.956 and 0.90 < grid_r["hq_fraction"][0] < 0.936, (
-    "its mean high-quality fraction is above 90 % but below PacGAN's best rows (95.6 % ring, 93.6 % grid)"
-)
-assert min(r["metrics"]["hq_fraction"] for r in table["runs"]["ring"]) < 0.88, "one ring seed stays below 88 %"
+assert ring_r["hq_fraction"][0] >= 0.956, "ring: its mean high-quality fraction reaches PacGAN's best row (95.6 %)"
+assert 0.92 < grid_r["hq_fraction"][0] < 0.936, "grid: above 92 %, but below PacGAN4's 93.6 %"
 assert all(summary[n]["recipe"]["hq_fraction"][0] > 0.4 + summary[n]["plain"]["hq_fraction"][0] for n in summary), (
     "far above the plain GAN's (by more than 40 points on both mixtures)"
 )
@@ -640,8 +647,9 @@ else:
 # - The article's eq. (4) compares one generator density at two points: it has no discriminator to train, needs a
 #   density a GAN does not have, and minimising it drives $q$ away from the data.
 # - On PacGAN's ring and grid a plain GAN drops modes or blurs them; packing, a discriminator that resolves fine
-#   structure from the start, a deeper generator, many small steps and a final low learning rate cover every mode
-#   with sharp samples in under a minute on a CPU — compare with the published tables, with their caveats.
+#   structure from the start, a deeper generator, many steps, a final low learning rate and a weight average cover
+#   every mode with sharp samples in under a minute on a CPU: sharper than PacGAN's best row on the ring, one point
+#   short of it on the grid — compare with the published tables, with their caveats.
 # - Chapter 05 puts a discriminator on the *latent* code instead of the data; chapter 06 conditions the generator
 #   on another modality.
 

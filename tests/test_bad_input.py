@@ -16,6 +16,7 @@ import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,320 @@ def _chapter_specs() -> list[Spec]:
         Spec("pcca.fit_pcca_em", pcca.fit_pcca_em, lambda: {"views": [y1, y2], "latent_dim": 2, "iterations": 3}),
         Spec("pcca.max_log_likelihood", pcca.max_log_likelihood, lambda: {"views": [y1, y2], "latent_dim": 2}),
         Spec("pcca.canonical_correlations", pcca.canonical_correlations, lambda: {"y1": y1.clone(), "y2": y2.clone()}),
+        *_vae_specs(),
+        *_aae_specs(),
+        *_gan_specs(),
+        *_cgan_specs(),
+    ]
+
+
+# Chapters 03-06. Every name in the modules' ``__all__`` that takes arguments is here, called with tiny settings (a
+# few rows, hidden width 8, steps=2, progress=False), and so are the tensor-taking methods of their models and the
+# training-step closures that gan_step / cgan_step return. Left out, and why:
+# - the whole-experiment runners vae.vae_digits, aae.aae_digits, gan.mixture_experiment (and gan_ring / gan_grid),
+#   gan.results_table, cgan.run_cgan and cgan.cgan_experiment: each trains full-size models for thousands of steps
+#   (seconds to minutes per call, far too slow for dozens of broken calls); they validate their arguments through
+#   the functions below (fit_vae, fit_model, fit_mixture, fit_cgan, ...), which are tested here with tiny settings;
+# - gan.environment (no arguments); constants (NUM_LEVELS, PRIOR_STD, RECIPES, ...);
+# - plain result containers without validation (vae.TrainedResult, vae.Bound, aae.Optimisers, aae.MMDTest,
+#   gan.TrainedGAN, cgan.FittedCGAN, cgan.CGANEvaluation); the validated configs GANConfig and CGANConfig are here;
+# - the ``config`` of gan.fit_mixture and cgan.fit_cgan is held at the tiny one: broken to ``None`` it means the
+#   chapter's full recipe (about 8 s a call).
+def _images(n: int = 16) -> torch.Tensor:
+    from mmlib.data import load_multimodal_digits
+
+    return load_multimodal_digits("cpu").test["image"][:n].clone()
+
+
+def _labels(n: int = 16) -> torch.Tensor:
+    from mmlib.data import load_multimodal_digits
+
+    return load_multimodal_digits("cpu").test.label[:n].clone()
+
+
+def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=_g(seed))
+
+
+def _enter_seeded(seed, device):
+    from mmlib.vae import seeded
+
+    with seeded(seed, device):
+        pass
+
+
+def _vae_specs() -> list[Spec]:
+    from mmlib import vae
+
+    model = vae.build_vae(2, 8, seed=0, device="cpu")
+    gauss = vae.build_vae(2, 8, likelihood="gaussian", seed=0, device="cpu")
+    imgs = _images()
+    return [
+        Spec("vae.seeded", _enter_seeded, lambda: {"seed": 0, "device": "cpu"}),
+        Spec("vae.image_levels", vae.image_levels, lambda: {"images": imgs.clone()}),
+        Spec("vae.reparameterise", vae.reparameterise,
+             lambda: {"mu": _randn(4, 2), "log_var": _randn(4, 2, seed=1), "n_samples": 3, "generator": _g()}),
+        Spec("vae.reparameterised_gradients", vae.reparameterised_gradients,
+             lambda: {"f": lambda z: z.pow(2), "mu": 0.5, "sigma": 1.0, "n_samples": 8, "generator": _g()}),
+        Spec("vae.score_function_gradients", vae.score_function_gradients,
+             lambda: {"f": lambda z: z.pow(2), "mu": 0.5, "sigma": 1.0, "n_samples": 8, "generator": _g()}),
+        Spec("vae.kl_to_standard_normal", vae.kl_to_standard_normal,
+             lambda: {"mu": _randn(4, 2), "log_var": _randn(4, 2, seed=1)}),
+        Spec("vae.kl_monte_carlo", vae.kl_monte_carlo,
+             lambda: {"mu": _randn(4, 2), "log_var": _randn(4, 2, seed=1), "n_samples": 4, "generator": _g()}),
+        Spec("vae.categorical_log_likelihood", vae.categorical_log_likelihood,
+             lambda: {"logits": _randn(4, 64, 17), "levels": vae.image_levels(imgs[:4])}),
+        Spec("vae.gaussian_log_likelihood", vae.gaussian_log_likelihood,
+             lambda: {"mean": _randn(4, 64).sigmoid(), "x": imgs[:4].reshape(4, -1).clone(), "sigma": 0.1}),
+        Spec("vae.elbo_terms", vae.elbo_terms, lambda: {"model": model, "images": imgs.clone(), "generator": _g()}),
+        Spec("vae.negative_elbo", vae.negative_elbo,
+             lambda: {"model": model, "images": imgs.clone(), "beta": 1.0, "generator": _g()}),
+        Spec("vae.article_eq5", vae.article_eq5, lambda: {"model": model, "images": imgs.clone(), "generator": _g()}),
+        Spec("vae.gaussian_elbo_terms", vae.gaussian_elbo_terms,
+             lambda: {"model": gauss, "images": imgs.clone(), "generator": _g()}),
+        Spec("vae.gaussian_negative_elbo", vae.gaussian_negative_elbo,
+             lambda: {"model": gauss, "images": imgs.clone(), "beta": 1.0, "gamma": 2.0, "generator": _g()}),
+        Spec("vae.article_eq6", vae.article_eq6,
+             lambda: {"model": gauss, "images": imgs.clone(), "beta": 1.0, "gamma": 2.0, "generator": _g()}),
+        Spec("vae.fit_vae", vae.fit_vae,
+             lambda: {"images": imgs.clone(), "latent_dim": 2, "hidden": 8, "dropout": 0.1, "beta": 1.0, "steps": 2,
+                      "batch_size": 8, "lr": 1e-3, "seed": 0, "progress": False, "desc": "VAE"}),
+        Spec("vae.encode_mean", vae.encode_mean, lambda: {"model": model, "images": imgs.clone()}),
+        Spec("vae.decode_mean", vae.decode_mean, lambda: {"model": model, "z": _randn(4, 2)}),
+        Spec("vae.reconstruct", vae.reconstruct, lambda: {"model": model, "images": imgs.clone()}),
+        Spec("vae.reconstruction_error", vae.reconstruction_error, lambda: {"model": model, "images": imgs.clone()}),
+        Spec("vae.sample_images", vae.sample_images, lambda: {"model": model, "n": 4, "seed": 0}),
+        Spec("vae.rate_distortion", vae.rate_distortion, lambda: {"model": model, "images": imgs.clone(), "seed": 0}),
+        Spec("vae.log_importance_weights", vae.log_importance_weights,
+             lambda: {"model": model, "images": imgs.clone(), "n_samples": 4, "seed": 0, "chunk_size": 2}),
+        Spec("vae.iwae_estimates", vae.iwae_estimates, lambda: {"log_weights": _randn(8, 4), "k": 2}),
+        Spec("vae.importance_weighted_bounds", vae.importance_weighted_bounds,
+             lambda: {"model": model, "images": imgs.clone(), "ks": (1, 2), "n_samples": 4, "seed": 0}),
+        Spec("vae.beta_sweep", vae.beta_sweep,
+             lambda: {"train_images": imgs.clone(), "test_images": imgs[:8].clone(), "betas": [1.0], "steps": 2,
+                      "latent_dim": 2, "seed": 0, "progress": False}),
+        Spec("vae.VAE", vae.VAE,
+             lambda: {"latent_dim": 2, "hidden": 8, "likelihood": "gaussian", "dropout": 0.1, "sigma": 0.1}),
+        Spec("vae.build_vae", vae.build_vae,
+             lambda: {"latent_dim": 2, "hidden": 8, "likelihood": "categorical", "dropout": 0.1, "sigma": 0.1,
+                      "seed": 0, "device": "cpu"}),
+        Spec("VAE.log_likelihood", model.log_likelihood, lambda: {"images": imgs.clone(), "z": _randn(16, 2)}),
+        Spec("VAE.log_likelihood[gaussian]", gauss.log_likelihood,
+             lambda: {"images": imgs.clone(), "z": _randn(16, 2)}),
+        Spec("vae.GaussianEncoder", vae.GaussianEncoder, lambda: {"latent_dim": 2, "hidden": 8, "n_pixels": 64}),
+        Spec("GaussianEncoder.forward", model.encoder, lambda: {"images": imgs.clone()}),
+        Spec("vae.CategoricalDecoder", vae.CategoricalDecoder,
+             lambda: {"latent_dim": 2, "hidden": 8, "n_pixels": 64, "num_levels": 17, "dropout": 0.1}),
+        Spec("CategoricalDecoder.forward", model.decoder, lambda: {"z": _randn(4, 2)}),
+        Spec("vae.GaussianDecoder", vae.GaussianDecoder,
+             lambda: {"latent_dim": 2, "hidden": 8, "n_pixels": 64, "dropout": 0.1}),
+        Spec("GaussianDecoder.forward", gauss.decoder, lambda: {"z": _randn(4, 2)}),
+    ]
+
+
+def _aae_specs() -> list[Spec]:
+    from mmlib import aae
+
+    prior = aae.RingPrior(device="cpu")
+    ae = aae.build_model("ae", hidden=8, seed=0, device="cpu")
+    mvae = aae.build_model("vae", hidden=8, seed=0, device="cpu")
+    disc = aae.Discriminator(2, 8, 10)
+    imgs, labels = _images(), _labels()
+
+    def fresh_aae() -> dict:
+        model = aae.build_model("aae-labels", hidden=8, seed=0, device="cpu")
+        return {"model": model, "optimisers": aae.make_optimisers(model, 1e-3)}
+
+    return [
+        Spec("aae.RingPrior", aae.RingPrior, lambda: {"components": 10, "radius": 4.0, "std": 0.5, "device": "cpu"}),
+        Spec("RingPrior.log_prob", prior.log_prob, lambda: {"z": _randn(8, 2)}),
+        Spec("RingPrior.sample", prior.sample,
+             lambda: {"n": 8, "generator": _g(), "components": torch.arange(8) % 10}),
+        Spec("aae.Discriminator", aae.Discriminator, lambda: {"latent_dim": 2, "hidden": 8, "n_classes": 10}),
+        Spec("aae.Discriminator.forward", disc, lambda: {"z": _randn(8, 2), "labels": torch.arange(8)}),
+        Spec("aae.Autoencoder", aae.Autoencoder, lambda: {"latent_dim": 2, "hidden": 8, "dropout": 0.1}),
+        Spec("Autoencoder.encode", ae.encode, lambda: {"images": imgs.clone()}),
+        Spec("aae.AdversarialAutoencoder", aae.AdversarialAutoencoder,
+             lambda: {"latent_dim": 2, "hidden": 8, "dropout": 0.1, "n_classes": 10}),
+        Spec("aae.MixturePriorVAE", aae.MixturePriorVAE, lambda: {"latent_dim": 2, "hidden": 8, "dropout": 0.1}),
+        Spec("MixturePriorVAE.encode", mvae.encode, lambda: {"images": imgs.clone()}),
+        Spec("aae.build_model", aae.build_model, lambda: {"kind": "aae", "seed": 0, "device": "cpu", "hidden": 8}),
+        Spec("aae.reconstruction_nll", aae.reconstruction_nll, lambda: {"model": ae, "images": imgs.clone()}),
+        Spec("aae.discriminator_loss", aae.discriminator_loss,
+             lambda: {"discriminator": disc, "z_prior": _randn(8, 2), "z_codes": _randn(8, 2, seed=1),
+                      "labels_prior": torch.arange(8), "labels_codes": torch.arange(8) % 3}),
+        Spec("aae.encoder_adversarial_loss", aae.encoder_adversarial_loss,
+             lambda: {"discriminator": disc, "z_codes": _randn(8, 2), "labels": torch.arange(8)}),
+        Spec("aae.make_optimisers", aae.make_optimisers, lambda: {"model": ae, "lr": 1e-3}),
+        Spec("aae.aae_step", aae.aae_step,
+             lambda: {**fresh_aae(), "prior": prior, "images": imgs.clone(), "labels": labels.clone(),
+                      "weight": 5.0}),
+        Spec("aae.mixture_vae_loss", aae.mixture_vae_loss, lambda: {"model": mvae, "images": imgs.clone(),
+                                                                     "prior": prior}),
+        Spec("aae.fit_model", aae.fit_model,
+             lambda: {"kind": "aae-labels", "images": imgs.clone(), "labels": labels.clone(), "prior": prior,
+                      "steps": 2, "batch_size": 8, "lr": 1e-3, "seed": 0, "progress": False}),
+        Spec("aae.latent_codes", aae.latent_codes, lambda: {"model": mvae, "images": imgs.clone(), "seed": 0}),
+        Spec("aae.decode_expected", aae.decode_expected, lambda: {"model": ae, "z": _randn(4, 2)}),
+        Spec("aae.generate", aae.generate,
+             lambda: {"model": ae, "prior": prior, "n": 8, "seed": 0, "components": torch.arange(8) % 10}),
+        Spec("aae.mmd2", aae.mmd2, lambda: {"x": _randn(10, 2), "y": _randn(12, 2, seed=1), "bandwidth": 1.0}),
+        Spec("aae.mmd_permutation_test", aae.mmd_permutation_test,
+             lambda: {"x": _randn(10, 2), "y": _randn(12, 2, seed=1), "bandwidth": 1.0, "permutations": 5,
+                      "seed": 0}),
+    ]
+
+
+def _gan_step_call(real, **kwargs):
+    from mmlib.gan import gan_step
+
+    return gan_step(**kwargs)(real)
+
+
+def _gan_specs() -> list[Spec]:
+    from mmlib import gan
+
+    gen, disc = gan.Generator(2, 2, 8, 1), gan.Discriminator(2, 8, 1, pack=2)
+    tiny = gan.GANConfig(hidden=8, g_layers=1, d_layers=1, steps=2, batch_size=16, n_train=64)
+
+    def fresh_game() -> dict:
+        g, d = gan.Generator(2, 2, 8, 1), gan.Discriminator(2, 8, 1)
+        return {"generator": g, "discriminator": d, "opt_g": torch.optim.Adam(g.parameters()),
+                "opt_d": torch.optim.Adam(d.parameters())}
+
+    return [
+        Spec("gan.Generator", gan.Generator, lambda: {"noise_dim": 2, "data_dim": 2, "hidden": 8, "layers": 1}),
+        Spec("gan.Generator.forward", gen, lambda: {"z": _randn(8, 2)}),
+        Spec("gan.Discriminator", gan.Discriminator,
+             lambda: {"data_dim": 2, "hidden": 8, "layers": 1, "pack": 2, "unit": 0.5}),
+        Spec("gan.Discriminator.forward", disc, lambda: {"x": _randn(8, 2)}),
+        Spec("gan.pack_samples", gan.pack_samples, lambda: {"x": _randn(8, 2), "pack": 2}),
+        Spec("gan.init_through_data", gan.init_through_data,
+             lambda: {"discriminator": gan.Discriminator(2, 8, 1), "real": _randn(32, 2)}),
+        Spec("gan.discriminator_loss", gan.discriminator_loss,
+             lambda: {"real_logits": _randn(8), "fake_logits": _randn(6, seed=1)}),
+        Spec("gan.generator_loss", gan.generator_loss, lambda: {"fake_logits": _randn(8), "kind": "minimax"}),
+        Spec("gan.optimal_discriminator", gan.optimal_discriminator,
+             lambda: {"p_data": torch.rand(8, generator=_g()), "p_model": torch.rand(8, generator=_g(1)) + 0.1}),
+        Spec("gan.article_eq4_loss", gan.article_eq4_loss,
+             lambda: {"log_q_generated": _randn(8), "log_q_real": _randn(8, seed=1)}),
+        Spec("gan.draw_noise", gan.draw_noise, lambda: {"n": 8, "noise_dim": 2, "generator": _g(), "device": "cpu"}),
+        Spec("gan.gan_step", gan.gan_step,
+             lambda: {**fresh_game(), "noise": _g(), "loss": "minimax", "lr_drop_at": 1, "lr_drop": 0.1,
+                      "d_lr_drop": 0.5}),
+        Spec("gan.gan_step()(real)", _gan_step_call,
+             lambda: {**fresh_game(), "noise": _g(), "loss": "minimax", "lr_drop_at": 0, "lr_drop": 0.1,
+                      "d_lr_drop": 0.5, "real": _randn(8, 2)}),
+        Spec("gan.generator_gradient_norms", gan.generator_gradient_norms,
+             lambda: {"generator": gen, "discriminator": disc, "z": _randn(8, 2)}),
+        Spec("gan.train_discriminator", gan.train_discriminator,
+             lambda: {"real": _randn(32, 2), "fake": _randn(32, 2, seed=1), "hidden": 8, "layers": 1, "steps": 2,
+                      "batch_size": 16, "lr": 1e-3, "final_fraction": 0.5, "lr_drop": 0.1, "seed": 0,
+                      "device": "cpu", "progress": False}),
+        Spec("gan.GANConfig", gan.GANConfig,
+             lambda: {"hidden": 8, "g_layers": 1, "d_layers": 1, "noise_dim": 2, "pack": 2, "d_unit": 0.5,
+                      "init_through_data": True, "steps": 2, "batch_size": 16, "lr": 1e-3, "betas": (0.5, 0.9),
+                      "final_fraction": 0.5, "lr_drop": 0.1, "d_lr_drop": 0.1, "loss": "minimax", "n_train": 64}),
+        Spec("gan.train_gan", gan.train_gan,
+             lambda: {"data": _randn(64, 2), "config": tiny, "seed": 0, "device": "cpu", "progress": False,
+                      "desc": "GAN"}),
+        Spec("gan.sample", gan.sample, lambda: {"generator": gen, "n": 8, "seed": 0}),
+        Spec("gan.mixture", gan.mixture, lambda: {"name": "grid"}),
+        Spec("gan.fit_mixture", partial(gan.fit_mixture, config=tiny),  # config: see the note above _images
+             lambda: {"name": "ring", "setting": "plain", "seed": 0, "device": "cpu", "progress": False}),
+        Spec("gan.load_results", gan.load_results, lambda: {"path": gan.RESULTS_FILE}),
+    ]
+
+
+def _cgan_step_call(c, x, **kwargs):
+    from mmlib.cgan import cgan_step
+
+    return cgan_step(**kwargs)(c, x)
+
+
+def _cgan_specs() -> list[Spec]:
+    from mmlib import cgan
+    from mmlib.classifiers import load_classifiers
+    from mmlib.data import TEXT_LENGTH, TEXT_VOCAB, load_multimodal_digits
+
+    ds = load_multimodal_digits("cpu")
+    imgs, labels, text = ds.test["image"][:16], ds.test.label[:16], ds.test["text"][:16]
+    G, D = cgan.build_cgan("text", "image", noise_dim=4, embed_dim=4, hidden=8, seed=0, device="cpu")
+    tiny = cgan.CGANConfig(steps=2, batch_size=8, r1_every=1, noise_dim=4, embed_dim=4, hidden=8)
+    layer = cgan.TokenLinear(TEXT_LENGTH, len(TEXT_VOCAB), 4)
+    # two test conditions and three training targets of every digit (what the per-digit Fréchet distances need)
+    test_idx = torch.cat([torch.nonzero(ds.test.label == k)[:2, 0] for k in range(10)])
+    train_idx = torch.cat([torch.nonzero(ds.train.label == k)[:3, 0] for k in range(10)])
+    clf = load_classifiers("cpu")["image"]
+
+    def fresh_game() -> dict:
+        g, d = cgan.build_cgan("text", "image", noise_dim=4, embed_dim=4, hidden=8, seed=0, device="cpu")
+        return {"generator": g, "discriminator": d, "g_optimizer": torch.optim.Adam(g.parameters()),
+                "d_optimizer": torch.optim.Adam(d.parameters())}
+
+    def r1_inputs() -> dict:
+        x = _randn(4, 3).requires_grad_(True)
+        return {"real_logits": torch.tanh(x).sum(1), "real_inputs": x}
+
+    return [
+        Spec("cgan.modality_dim", cgan.modality_dim, lambda: {"modality": "audio"}),
+        Spec("cgan.to_vector", cgan.to_vector, lambda: {"x": text.clone(), "modality": "text"}),
+        Spec("cgan.to_vector[image]", cgan.to_vector, lambda: {"x": imgs.clone(), "modality": "image"}),
+        Spec("cgan.mlp", cgan.mlp, lambda: {"sizes": [4, 8, 2], "slope": 0.2}),
+        Spec("cgan.TokenLinear", cgan.TokenLinear, lambda: {"length": 4, "vocab": 6, "out_features": 3}),
+        Spec("TokenLinear.forward", layer, lambda: {"tokens": text.clone()}),
+        Spec("cgan.ConditionEncoder", cgan.ConditionEncoder, lambda: {"source": "text", "embed_dim": 4, "hidden": 8}),
+        Spec("ConditionEncoder.forward", G.encoder, lambda: {"c": text.clone()}),
+        Spec("cgan.ConditionalGenerator", cgan.ConditionalGenerator,
+             lambda: {"source": "text", "target": "audio", "noise_dim": 4, "embed_dim": 4, "hidden": 8}),
+        Spec("ConditionalGenerator.forward", G, lambda: {"z": _randn(16, 4), "c": text.clone()}),
+        Spec("cgan.ProjectionDiscriminator", cgan.ProjectionDiscriminator,
+             lambda: {"source": 5, "target": "image", "hidden": 8}),
+        Spec("ProjectionDiscriminator.forward", D, lambda: {"x": imgs.clone(), "c": text.clone()}),
+        Spec("ProjectionDiscriminator.score", D.score, lambda: {"x": imgs.clone(), "embedding": _randn(16, 8)}),
+        Spec("cgan.build_cgan", cgan.build_cgan,
+             lambda: {"source": "text", "target": "image", "noise_dim": 4, "embed_dim": 4, "hidden": 8, "seed": 0,
+                      "device": "cpu"}),
+        Spec("cgan.discriminator_loss", cgan.discriminator_loss,
+             lambda: {"real_logits": _randn(8), "fake_logits": _randn(16, seed=1)}),
+        Spec("cgan.generator_loss", cgan.generator_loss, lambda: {"fake_logits": _randn(8)}),
+        Spec("cgan.r1_penalty", cgan.r1_penalty, r1_inputs),
+        Spec("cgan.mode_seeking_loss", cgan.mode_seeking_loss,
+             lambda: {"fake_a": _randn(4, 1, 8, 8), "fake_b": _randn(4, 1, 8, 8, seed=1), "z_a": _randn(4, 3, seed=2),
+                      "z_b": _randn(4, 3, seed=3)}),
+        Spec("cgan.cgan_step", cgan.cgan_step,
+             lambda: {**fresh_game(), "r1_weight": 1.0, "mismatch": True, "mode_seeking": 0.02, "noise": _g(),
+                      "ema": None, "ema_decay": 0.9, "r1_every": 2}),
+        Spec("cgan.cgan_step()(c, x)", _cgan_step_call,
+             lambda: {**fresh_game(), "r1_weight": 1.0, "mismatch": True, "mode_seeking": 0.02, "noise": _g(),
+                      "ema_decay": 0.9, "r1_every": 1, "c": text[:8].clone(), "x": imgs[:8].clone()}),
+        Spec("cgan.CGANConfig", cgan.CGANConfig,
+             lambda: {"steps": 2, "batch_size": 8, "lr": 1e-3, "betas": (0.5, 0.9), "r1_weight": 1.0, "r1_every": 2,
+                      "mismatch": False, "mode_seeking": 0.02, "ema_decay": 0.9, "noise_dim": 4, "embed_dim": 4,
+                      "hidden": 8}),
+        Spec("cgan.fit_cgan", partial(cgan.fit_cgan, config=tiny),  # config: see the note above _images
+             lambda: {"source": "text", "target": "image", "conditions": text.clone(), "targets": imgs.clone(),
+                      "seed": 0, "device": "cpu", "progress": False}),
+        Spec("cgan.generate", cgan.generate,
+             lambda: {"generator": G, "conditions": text.clone(), "n_per_condition": 2, "seed": 0,
+                      "noise_scale": 1.0}),
+        Spec("cgan.one_per_digit", cgan.one_per_digit,
+             lambda: {"samples": torch.rand(16, 3, 1, 8, 8, generator=_g()), "labels": labels.clone(),
+                      "predicted": torch.arange(48).reshape(16, 3) % 10}),
+        Spec("cgan.conditional_accuracy", cgan.conditional_accuracy,
+             lambda: {"predicted": labels.clone(), "condition_labels": labels.flip(0)}),
+        Spec("cgan.within_condition_variance", cgan.within_condition_variance,
+             lambda: {"samples": torch.rand(8, 3, 1, 8, 8, generator=_g())}),
+        Spec("cgan.real_within_digit_variance", cgan.real_within_digit_variance,
+             lambda: {"x": ds.train["image"][train_idx].clone(), "labels": ds.train.label[train_idx].clone()}),
+        Spec("cgan.class_frechet_distances", cgan.class_frechet_distances,
+             lambda: {"features": _randn(30, 3), "labels": torch.arange(30) % 10, "reference": _randn(40, 3, seed=1),
+                      "reference_labels": torch.arange(40) % 10}),
+        Spec("cgan.evaluate_cgan", cgan.evaluate_cgan,
+             lambda: {"samples": torch.rand(20, 2, 1, 8, 8, generator=_g()),
+                      "condition_labels": ds.test.label[test_idx].clone(), "real_test": ds.test["image"][test_idx],
+                      "real_train": ds.train["image"][train_idx], "train_labels": ds.train.label[train_idx],
+                      "classifier": clf}),
     ]
 
 

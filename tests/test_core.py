@@ -247,3 +247,15 @@ def test_checks_messages_name_the_argument():
         check_int(0, "k", low=1)
     with pytest.raises(ValueError, match="mode: unknown value 'x'"):
         check_choice("x", "mode", ["a", "b"])
+
+
+def test_one_cpu_thread_restores_the_thread_count():
+    from mmlib.device import one_cpu_thread
+
+    before = torch.get_num_threads()
+    with one_cpu_thread("cpu"):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), one_cpu_thread("cpu"):
+        raise RuntimeError("the body fails")
+    assert torch.get_num_threads() == before, "restored even when the body raises"

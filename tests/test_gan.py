@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 
@@ -148,6 +149,23 @@ def test_lr_drop_applies_once_at_the_given_step():
     for _ in range(4):
         step(torch.randn(8, 2))
     assert math.isclose(opt_g.param_groups[0]["lr"], 1e-4) and math.isclose(opt_d.param_groups[0]["lr"], 1e-4)
+
+
+def test_ema_is_the_moving_average_of_the_generator_weights(cpu):
+    torch.manual_seed(0)
+    gen, disc = gan.Generator(hidden=8), gan.Discriminator(hidden=8)
+    ema = copy.deepcopy(gen).requires_grad_(False)
+    step = gan.gan_step(gen, disc, torch.optim.Adam(gen.parameters()), torch.optim.Adam(disc.parameters()),
+                        ema=ema, ema_decay=0.9)
+    expected = [p.clone() for p in ema.parameters()]
+    for _ in range(3):
+        step(torch.randn(16, 2))
+        expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, gen.parameters())]
+    assert all(torch.allclose(e, q, atol=1e-6) for e, q in zip(expected, ema.parameters()))
+    config = replace(gan.PLAIN_GAN, steps=5, batch_size=32, hidden=8, n_train=256, ema_decay=0.99)
+    trained = gan.train_gan(torch.randn(256, 2), config, seed=0, device=cpu, progress=False)
+    assert trained.sampler is trained.ema and trained.ema is not trained.generator
+    assert gan.train_gan(torch.randn(256, 2), replace(config, ema_decay=0.0), device=cpu, progress=False).ema is None
 
 
 def test_train_gan_is_deterministic_and_leaves_global_rng_alone(cpu):
