@@ -65,6 +65,7 @@ __all__ = [
     "r1_penalty",
     "mode_seeking_loss",
     "cgan_step",
+    "GameConfig",
     "CGANConfig",
     "RECIPE",
     "FittedCGAN",
@@ -437,8 +438,10 @@ def cgan_step(
 
 
 @dataclass(frozen=True)
-class CGANConfig:
-    """Hyper-parameters of one conditional GAN (:data:`RECIPE` holds the chapter's)."""
+class GameConfig:
+    """The training settings chapters 06 and 08 share: ``steps`` of ``batch_size`` pairs, Adam (``lr``, ``betas``)
+    for both players, the R1 weight and how often it is computed (:func:`cgan_step`), mismatched real pairs as
+    negatives, and the decay of the generator's weight average (0 = no average)."""
 
     steps: int = 1500
     batch_size: int = 128
@@ -447,11 +450,7 @@ class CGANConfig:
     r1_weight: float = 1.0
     r1_every: int = 4
     mismatch: bool = True
-    mode_seeking: float = 0.02
     ema_decay: float = 0.99
-    noise_dim: int = 16
-    embed_dim: int = 32
-    hidden: int = 256
 
     def __post_init__(self) -> None:
         check_int(self.steps, "steps", low=1)
@@ -464,11 +463,24 @@ class CGANConfig:
         check_int(self.r1_every, "r1_every", low=1)
         if not isinstance(self.mismatch, bool):
             raise TypeError(f"mismatch: expected a bool, got {type(self.mismatch).__name__}")
-        check_positive(self.mode_seeking, "mode_seeking", allow_zero=True)
         check_probability(self.ema_decay, "ema_decay")
-        check_int(self.noise_dim, "noise_dim", low=1)
-        check_int(self.embed_dim, "embed_dim", low=1)
-        check_int(self.hidden, "hidden", low=1)
+
+
+@dataclass(frozen=True)
+class CGANConfig(GameConfig):
+    """Hyper-parameters of one conditional GAN (:data:`RECIPE` holds the chapter's): :class:`GameConfig` plus the
+    mode-seeking weight and the networks' sizes."""
+
+    mode_seeking: float = 0.02
+    noise_dim: int = 16
+    embed_dim: int = 32
+    hidden: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self.mode_seeking, "mode_seeking", allow_zero=True)
+        for name in ("noise_dim", "embed_dim", "hidden"):
+            check_int(getattr(self, name), name, low=1)
 
 
 #: The chapter's recipe, used for both pairs.
