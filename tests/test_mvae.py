@@ -14,9 +14,10 @@ from mmlib.data import MODALITIES, TEXT_LENGTH, TEXT_VOCAB, load_multimodal_digi
 from mmlib.fusion import mixture_of_experts, mixture_of_products, product_of_experts
 from mmlib.mvae import (
     FUSIONS,
+    AutoregressiveTokens,
     BinomialLevels,
-    CategoricalTokens,
-    LaplaceSpectrogram,
+    GaussianSpectrogram,
+    MixturePrior,
     Modality,
     MultimodalVAE,
     MVAEConfig,
@@ -62,23 +63,49 @@ def test_binomial_levels_is_the_binomial_formula(ds):
     assert mode.shape == (4, 1, 8, 8) and torch.equal(mode * 16, (mode * 16).round()), "grey levels / 16"
 
 
-def test_categorical_tokens_is_cross_entropy(ds):
-    lik = CategoricalTokens(TEXT_LENGTH, len(TEXT_VOCAB))
-    logits = torch.randn(3, lik.out_features, generator=_gen())
+def test_autoregressive_tokens_see_only_earlier_positions(ds):
+    lik = AutoregressiveTokens(TEXT_LENGTH, len(TEXT_VOCAB), hidden=8)
+    out = torch.randn(3, lik.out_features, generator=_gen())
     x = ds.test["text"][:3]
+    logits = lik.logits(out, x)
+    changed = x.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % len(TEXT_VOCAB)
+    later = lik.logits(out, changed)
+    assert torch.equal(logits[:, :6], later[:, :6]), "positions 0..5 do not see token 5 or later"
+    assert not torch.allclose(logits[:, 6:], later[:, 6:]), "later positions do see it"
     want = -nn.functional.cross_entropy(logits.reshape(-1, len(TEXT_VOCAB)), x.reshape(-1), reduction="none")
-    assert torch.allclose(lik.log_prob(logits, x), want.reshape(3, -1).sum(1), atol=1e-5)
-    assert torch.equal(lik.mode(logits), logits.reshape(3, TEXT_LENGTH, -1).argmax(-1))
+    assert torch.allclose(lik.log_prob(out, x), want.reshape(3, -1).sum(1), atol=1e-5), "sum of token log-probs"
+    greedy = lik.mode(out)
+    assert torch.equal(greedy, lik.logits(out, greedy).argmax(-1)), "greedy: each token is the argmax given the rest"
 
 
-def test_laplace_spectrogram_is_the_laplace_formula(ds):
-    lik = LaplaceSpectrogram((28, 32))
-    loc = torch.rand(2, 28 * 32, generator=_gen())
+def test_gaussian_spectrogram_is_the_gaussian_formula(ds):
+    lik = GaussianSpectrogram((28, 32))
+    mean = torch.rand(2, 28 * 32, generator=_gen())
     x = ds.test["audio"][:2]
-    b = float(lik.scale().detach())
-    want = (-math.log(2 * b) - (x.flatten(1) - loc).abs() / b).sum(1)
-    assert torch.allclose(lik.log_prob(loc, x), want, rtol=1e-5)
-    assert float(lik.mode(loc * 3 - 1).min()) >= 0 and float(lik.mode(loc * 3 - 1).max()) <= 1, "clipped to [0, 1]"
+    s = float(lik.scale().detach())
+    want = torch.distributions.Normal(mean, s).log_prob(x.flatten(1)).sum(1)
+    assert torch.allclose(lik.log_prob(mean, x), want, rtol=1e-5)
+    assert float(lik.mode(mean * 3 - 1).min()) >= 0 and float(lik.mode(mean * 3 - 1).max()) <= 1, "clipped to [0, 1]"
+
+
+def test_mixture_prior_density_and_samples():
+    from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+    torch.manual_seed(0)
+    prior = MixturePrior(3, 2)
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([[-4.0, 0.0], [0.0, 0.0], [4.0, 1.0]]))
+        prior.log_vars.copy_(torch.log(torch.tensor([[0.5, 1.0], [0.2, 0.3], [1.0, 2.0]])))
+        prior.logits.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    ref = MixtureSameFamily(Categorical(logits=prior.logits.detach()),
+                            Independent(Normal(prior.means.detach(), (0.5 * prior.log_vars.detach()).exp()), 1))
+    z = torch.randn(5, 7, 2, generator=_gen())
+    assert torch.allclose(prior.log_prob(z), ref.log_prob(z), atol=1e-5), "the mixture's density"
+    draws = prior.sample(20_000, generator=_gen(1))
+    assert torch.allclose(draws.mean(0), ref.mean, atol=0.05), "samples have the mixture's mean"
+    standard = MixturePrior(0, 2)
+    assert torch.allclose(standard.log_prob(z), Normal(0.0, 1.0).log_prob(z).sum(-1)), "0 components: N(0, I)"
 
 
 # --- model and fusion ------------------------------------------------------------------------------------------------
@@ -87,7 +114,8 @@ def test_model_encodes_any_subset_and_fuses_like_mmlib_fusion(batch):
         model = build_mvae(fusion, seed=0, device="cpu")
         x = {"text": batch["text"], "audio": batch["audio"]}
         means, log_vars, mask = model.encode(x)
-        assert means.shape == (3, 32, 16) and mask[:, 0].tolist() == [False, True, True], "image missing"
+        assert means.shape == (3, 32, MVAEConfig().latent_dim)
+        assert mask[:, 0].tolist() == [False, True, True], "image missing"
         m, lv, w = model.posterior(x)
         if fusion == "poe":
             mu, log_var = product_of_experts(means, log_vars, mask)
@@ -112,7 +140,7 @@ def test_build_is_seeded_and_leaves_global_rng_alone():
 
 def test_log_likelihood_with_several_draws_matches_a_loop(batch):
     model = build_mvae("mopoe", seed=0, device="cpu")
-    z = torch.randn(4, 32, 16, generator=_gen())
+    z = torch.randn(4, 32, MVAEConfig().latent_dim, generator=_gen())
     with torch.no_grad():
         many = model.log_likelihood(batch, z)
         loop = torch.stack([model.log_likelihood(batch, z[r]) for r in range(4)])
@@ -160,7 +188,7 @@ def test_mmvae_loss_with_one_modality_is_the_plain_elbo_estimate(batch):
     mu, log_var = model.modalities["text"].encode(x["text"])
     z = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=_gen(4))
     log_q = torch.distributions.Normal(mu, torch.exp(0.5 * log_var)).log_prob(z).sum(-1)
-    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)  # _small_model: prior N(0, I)
     want = -(model.modalities["text"].log_likelihood(x["text"], z) + log_p - log_q).mean()
     assert torch.allclose(mmvae_loss(model, x, generator=_gen(4)), want, rtol=1e-5)
 
@@ -276,6 +304,8 @@ def test_bad_inputs_name_the_argument(batch):
         MVAEConfig(latent_dim=0)
     with pytest.raises(ValueError, match="config.lr"):
         MVAEConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="config.prior_components"):
+        MVAEConfig(prior_components=-1)
     with pytest.raises(TypeError, match="x"):
         model.encode({})
     with pytest.raises(ValueError, match="unknown modalities"):
@@ -291,7 +321,7 @@ def test_bad_inputs_name_the_argument(batch):
     with pytest.raises(ValueError, match="z"):
         model.decode(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="names"):
-        model.decode(torch.zeros(3, 16), ["smell"])
+        model.decode(torch.zeros(3, MVAEConfig().latent_dim), ["smell"])
     with pytest.raises(ValueError, match="n"):
         generate_joint(model, 0)
     with pytest.raises(TypeError, match="likelihood"):
