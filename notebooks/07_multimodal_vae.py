@@ -23,8 +23,10 @@
 #   check each against its closed form;
 # - train all three with the objectives of their papers (MVAE, MMVAE, MoPoE) and infer $z$ from *any* subset of
 #   modalities;
+# - give each modality the likelihood its data need (an autoregressive one for captions) and the model a learned
+#   prior, and see why each matters;
 # - measure cross-modal and joint coherence, Fréchet distances, a latent linear probe and cross-modal retrieval —
-#   and see, in numbers and pictures, where shared-latent models fall short.
+#   and see, in numbers and pictures, how far each fusion gets.
 
 # %% tags=["setup"] slideshow={"slide_type": "skip"}
 # Setup — identical in every notebook. On Colab it fetches the course (code + data) once; elsewhere it only imports.
@@ -134,8 +136,19 @@ plt.show()
 # | modality | data | $\log p(x_m \mid z)$ |
 # |---|---|---|
 # | image | 64 grey levels $k \in \{0..16\}$ | $\sum_{\text{pixels}} \log \mathrm{Binomial}(k; 16, \operatorname{sigmoid}(\ell))$ |
-# | text | 16 tokens over 73 symbols | $\sum_t \log \operatorname{softmax}(\ell_t)_{x_t}$ |
-# | audio | 896 cells in $[0, 1]$ | $\sum_{\text{cells}} \log \mathrm{Laplace}(x; \mu, b)$, one learned $b$ |
+# | text | 16 tokens over 73 symbols | $\sum_t \log p(x_t \mid x_{<t}, z)$, autoregressive |
+# | audio | 896 cells in $[0, 1]$ | $\sum_{\text{cells}} \log \mathcal N(x; \mu, s^2)$, one learned $s$ |
+#
+# Two of these are choices that matter, and we made the other choice first:
+#
+# - **Captions.** A digit has 36 captions (4 languages × 3 templates × 3 cases), and $z$ cannot know which one the
+#   paired caption uses when it comes from the image. Tokens that are independent given $z$ then mix the captions
+#   position by position ("Nrmero", "Lie ziff"). An **autoregressive** likelihood, $p(x_t \mid x_{<t}, z)$, commits
+#   to one caption as it goes: the first letters fix the language and case, the rest follows. We use a masked layer
+#   (MADE, Germain et al. 2015), so one pass scores all positions, and decode greedily.
+# - **Sounds.** The two notes fill about 5 % of the spectrogram. A Laplace likelihood predicts each cell's *median*;
+#   where pitch and tempo are unknown, the notes are a minority at every cell and vanish from the prediction. A
+#   Gaussian predicts the *mean*: blurred notes, but notes.
 #
 # A grey level counts the inked cells of a 4×4 block, so it is a count out of 16: the binomial is the Bernoulli of
 # grey levels. We check `mmlib`'s image likelihood against the formula written by hand,
@@ -162,11 +175,11 @@ print("BinomialLevels    :", [f"{v:.3f}" for v in library.tolist()])
 assert torch.allclose(by_hand, library, atol=1e-8), "mmlib's image likelihood is the binomial formula"
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
-# `build_modality` assembles the three parts with small MLPs (two hidden layers of 128 units) around a 16-dimensional
-# latent. Here is the text modality:
+# `build_modality` assembles the three parts with small MLPs (two hidden layers of 128 units) around an
+# 8-dimensional latent (the modalities share only the digit). Here is the text modality:
 
 # %%
-print(build_modality("text", latent_dim=16))
+print(build_modality("text", latent_dim=8))
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 2 · Build: three ways to fuse experts
@@ -272,24 +285,34 @@ assert poe_var < min(0.5, 0.3), "the product is sharper than each expert: precis
 #   \mathrm{KL}(q_S\,\|\,p)$ (`mopoe_loss`). Since a mixture's KL is at most the average of its components' KLs, this
 #   is a lower bound of the ELBO of $q_{\text{MoPoE}}$.
 #
+# **A learned prior.** Joint generation samples $z \sim p(z)$ and decodes every modality. With $p = \mathcal N(0, I)$
+# the codes of the ten digits form clusters that do not fill the Gaussian, and a prior sample often lands *between*
+# them — a "prior hole" — where each decoder guesses a different digit. So the model's prior is a mixture of 20
+# Gaussians with learned means, variances and weights (`mmlib.mvae.MixturePrior`), fitted with everything else by the
+# ELBO, whose $\mathbb E_q[\log p(z)]$ term is the likelihood of the codes under the prior. Its KL has no closed
+# form, so it is estimated at the draw: $\log q(z\mid X) - \log p(z)$. (The product of experts still includes
+# $\mathcal N(0, I)$ as one fixed expert: that is part of the *posterior*'s family, not the model's prior.)
+#
 # We write one MVAE term by hand and compare it with `mmlib.mvae.subset_elbo` on the same random draws.
 
 # %%
-from mmlib.mvae import MVAEConfig, build_mvae, kl_to_standard_normal, subset_elbo
+from mmlib.mvae import MVAEConfig, build_mvae, subset_elbo
 
 model0 = build_mvae("poe", seed=0, device=device)
 batch = {m: ds.train[m][:64] for m in MODALITIES}
 
 
 def subset_elbo_inline(model, x, subset, generator):
-    """ELBO(X_S) = E_q[sum_{m in S} log p(x_m|z)] - KL(q_PoE(z|X_S) || N(0, I)), one reparameterised draw."""
+    """ELBO(X_S) = E_q[sum_{m in S} log p(x_m|z)] - KL(q_PoE(z|X_S) || p(z)), one reparameterised draw; the KL
+    against the learned mixture prior p(z) has no closed form: it is estimated at the draw, log q(z) - log p(z)."""
     experts = [model.modalities[m].encode(x[m]) for m in subset]
     means = torch.stack([mu for mu, _ in experts])
     log_vars = torch.stack([lv for _, lv in experts])
     mu, log_var = poe_inline(means, log_vars, torch.ones(means.shape[:2], dtype=torch.bool, device=means.device))
     z = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=generator, device=mu.device)
     log_lik = sum(model.modalities[m].log_likelihood(x[m], z) for m in subset)
-    return log_lik - kl_to_standard_normal(mu, log_var)
+    log_q = torch.distributions.Normal(mu, torch.exp(0.5 * log_var)).log_prob(z).sum(-1)
+    return log_lik - (log_q - model.prior.log_prob(z))
 
 
 with torch.no_grad():
@@ -298,7 +321,7 @@ with torch.no_grad():
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"ELBO(image, audio) of the untrained model, inline: {ours.mean():.1f}, mmlib: {theirs.mean():.1f} nats")
+print(f"ELBO(image, audio) of the untrained model, inline: {ours.mean():.0f}, mmlib: {theirs.mean():.0f} nats")
 
 # %%
 assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-3), "the inline MVAE term equals mmlib's subset_elbo"
@@ -306,12 +329,12 @@ assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-3), "the inline MVAE term
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 3 · Estimate: one model per fusion
 #
-# `mmlib.mvae.run_mvae` trains a model (Adam, 1,500 minibatches of 128 triples, latent size 16) and evaluates it on
-# the test split. The same function, with the same seed, backs the command-line experiments
-# `python -m mmlib run mvae-poe` (and `mvae-moe`, `mvae-mopoe`) `--seed 0 --out DIR`. The KL weight rises from 0 to 1
-# over the first 500 steps, a common warm-up (Bowman et al., 2016) that lets the decoders learn to use $z$ before
-# the KL term prices its information; exercise 07.1 asks what it changes. After the warm-up each model optimises its
-# paper's objective.
+# `mmlib.mvae.run_mvae` trains a model (Adam, 1,000 minibatches of 128 triples, latent size 8, a 20-component
+# prior) and evaluates it on the test split. The same function, with the same seed, backs the command-line
+# experiments `python -m mmlib run mvae-poe` (and `mvae-moe`, `mvae-mopoe`) `--seed 0 --out DIR`. The KL weight
+# rises from 0 to 1 over the first 100 steps, a common warm-up (Bowman et al., 2016) that lets the decoders learn to
+# use $z$ before the KL term prices its information; exercise 07.1 asks what it changes. After the warm-up each
+# model optimises its paper's objective. The three trainings take about a minute together on a laptop CPU.
 
 # %%
 import time
@@ -393,40 +416,52 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
-# What the numbers say (each line is checked below):
+# What the numbers say (each line is checked below). The chapter's targets for the best fusion were a latent probe
+# ≥ 95 %, cross-coherence ≥ 95 % for every ordered pair and joint coherence ≥ 90 %.
 #
-# 1. The mixtures' latent spaces know the digit: a linear probe reads it from the posterior means at ≥ 95 %
-#    (the product's at ≥ 90 %).
-# 2. Generating the **image** from a caption or a sound works for the mixtures (MoE, MoPoE): ≥ 80 %.
-# 3. Generating **text** or **audio** from another modality is much worse, and joint samples from the prior rarely
-#    agree across all three modalities. Against the chapter's targets (cross-coherence ≥ 95 % for every pair, joint
-#    coherence ≥ 90 %) **every fusion misses**, the best one by far. The next sections show why.
-# 4. The product of experts, trained as MVAE, is by far the least coherent across modalities — yet it has the best test
-#    ELBO and the most data-like images and captions (lowest FD): it models each modality well and links them
-#    poorly. A good likelihood is not a good multimodal model.
-# 5. The mixtures' joint samples are farther from the data than the data from itself (FD above the baseline).
+# 1. The mixtures' latent spaces know the digit: a linear probe reads it from the posterior means at ≥ 95 % (the
+#    product's at ≥ 85 %). **That target is met.**
+# 2. The best fusion by mean cross-coherence (the mixture of experts) generates every modality from every other one
+#    far above chance (≥ 75 % for every pair; ≥ 90 % for images from a caption or a sound). But **the
+#    cross-coherence target is missed**: the weakest pairs start from the *image*, whose expert is the least sure of
+#    the digit (handwriting is more ambiguous than a caption or an interval).
+# 3. Joint samples from the learned prior agree across all three modalities about half the time for the mixtures —
+#    some 50 times chance (about 1 %) — but **the joint-coherence target (90 %) is missed** too.
+# 4. The product of experts, trained as MVAE, is by far the least cross-coherent — yet it has the best test ELBO and
+#    the most data-like images and sounds (lowest FD): it models each modality well and links them poorly. A good
+#    likelihood is not a good multimodal model.
+# 5. Every fusion's joint samples are farther from the data than the data from itself (FD above the baseline):
+#    the typical samples are averages over the styles that $z$ does not know.
 
 # %%
-best = max(FUSIONS, key=lambda f: np.mean([metrics[f][f"cross_coherence_{a}_to_{b}"] for a, b in pairs]))
 mean_cross = {f: float(np.mean([metrics[f][f"cross_coherence_{a}_to_{b}"] for a, b in pairs])) for f in FUSIONS}
-assert all(metrics[f]["latent_probe_acc"] >= 0.95 for f in ("moe", "mopoe")), "the mixtures' probes read >= 95 %"
-assert metrics["poe"]["latent_probe_acc"] >= 0.9, "the product's probe reads the digit at >= 90 %"
-assert all(metrics[f][f"cross_coherence_{a}_to_image"] >= 0.8 for f in ("moe", "mopoe") for a in ("text", "audio")), \
-    "the mixtures generate images of the right digit from text or audio at >= 80 %"
-for f in ("moe", "mopoe"):
-    into_image = min(metrics[f][f"cross_coherence_{a}_to_image"] for a in ("text", "audio"))
-    into_others = max(metrics[f][f"cross_coherence_{a}_to_{b}"] for a, b in pairs if b != "image")
-    assert into_others < into_image - 0.15, f"{f}: generating text or audio is much less coherent than images"
+best = max(FUSIONS, key=mean_cross.get)
+worst_pair = min(pairs, key=lambda p: metrics[best][f"cross_coherence_{p[0]}_to_{p[1]}"])
+print(f"best fusion: {best}; its weakest pair: {worst_pair[0]} -> {worst_pair[1]}")
+print(f"targets for {best}: probe {metrics[best]['latent_probe_acc']:.3f} (>= 0.95), min cross-coherence "
+      f"{min(metrics[best][f'cross_coherence_{a}_to_{b}'] for a, b in pairs):.3f} (>= 0.95), joint coherence "
+      f"{metrics[best]['joint_coherence']:.3f} (>= 0.90)")
+
+# %%
+mixtures = ("moe", "mopoe")
+assert best in mixtures, "a mixture is the most cross-coherent fusion"
+assert all(metrics[f]["latent_probe_acc"] >= 0.95 for f in mixtures), "the mixtures' probes read >= 95 % (target met)"
+assert metrics["poe"]["latent_probe_acc"] >= 0.85, "the product's probe reads the digit at >= 85 %"
+assert all(metrics[best][f"cross_coherence_{a}_to_{b}"] >= 0.75 for a, b in pairs), "best fusion: every pair >= 75 %"
+assert all(metrics[f][f"cross_coherence_{a}_to_image"] >= 0.9 for f in mixtures for a in ("text", "audio")), \
+    "the mixtures generate images of the right digit from text or audio at >= 90 %"
+assert all(min(pairs, key=lambda p: metrics[f][f"cross_coherence_{p[0]}_to_{p[1]}"])[0] == "image" for f in mixtures), \
+    "for both mixtures the weakest pair starts from the image"
 assert min(metrics[best][f"cross_coherence_{a}_to_{b}"] for a, b in pairs) < 0.95, "the cross target (95 %) is missed"
-assert max(m["joint_coherence"] for m in metrics.values()) < 0.5, "joint coherence stays far below the 90 % target"
-assert all(m["joint_coherence"] > 0.02 for m in metrics.values()), "... though above chance (about 1 %)"
-assert mean_cross["poe"] < min(mean_cross["moe"], mean_cross["mopoe"]) - 0.2, "PoE (MVAE) is the least cross-coherent"
-assert metrics["poe"]["test_elbo"] > max(metrics["moe"]["test_elbo"], metrics["mopoe"]["test_elbo"]), \
-    "... but PoE has the best test ELBO"
-assert all(metrics["poe"][f"fd_{x}"] < min(metrics[f][f"fd_{x}"] for f in ("moe", "mopoe")) for x in ("image", "text")), \
-    "... and the lowest FD for images and captions"
-assert all(metrics[f][f"fd_{x}"] > metrics[f][f"fd_baseline_{x}"] for f in ("moe", "mopoe") for x in MODALITIES), \
-    "the mixtures' joint samples are farther from the test data than its two halves from each other"
+assert all(0.4 <= metrics[f]["joint_coherence"] < 0.9 for f in mixtures), \
+    "the mixtures' joint coherence: at least 40 % (40 x chance), but below the 90 % target"
+assert metrics["poe"]["joint_coherence"] > 0.1, "the product's joint coherence is above chance (about 1 %) too"
+assert mean_cross["poe"] < min(mean_cross[f] for f in mixtures) - 0.2, "PoE (MVAE) is the least cross-coherent"
+assert metrics["poe"]["test_elbo"] > max(metrics[f]["test_elbo"] for f in mixtures), "... but PoE has the best test ELBO"
+assert all(metrics["poe"][f"fd_{x}"] < min(metrics[f][f"fd_{x}"] for f in mixtures) for x in ("image", "audio")), \
+    "... and the lowest FD for images and sounds"
+assert all(metrics[f][f"fd_{x}"] > metrics[f][f"fd_baseline_{x}"] for f in FUSIONS for x in MODALITIES), \
+    "every fusion's joint samples are farther from the test data than its two halves from each other"
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4 · Evaluate: look at the samples
@@ -477,18 +512,19 @@ plt.show()
 display(Audio(spectrogram_to_audio(spec.cpu()).numpy(), rate=SAMPLE_RATE))
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## Why text and sound fail: averaging over the other modalities' styles
+# ## Why the targets are missed: averaging over the other modalities' styles
 #
 # Each modality's style is independent of the others: an image says nothing about the caption's language or the
-# sound's pitch. In the mixtures, $z \sim q(z\mid x_{\text{image}})$ must reconstruct the *paired* caption and sound,
-# whose styles it cannot know — so the decoders learn to output what is best **on average over the unknown styles**.
-# For an image that average is a blurry but readable digit. For a caption, the best guess at each position is a
-# blend of "Number", "Nummer", "Numéro"… — not a word. For a spectrogram it is a smear where the second note may be.
-# Daunhawer et al. (2022) show that mixture-based multimodal VAEs, which sub-sample modalities this way, cannot close
-# this gap when the modalities carry style of their own; a private, modality-specific latent for each modality's
-# style is the remedy studied since (for example MMVAE+, Palumbo et al., 2023; exercise 07.3).
+# sound's pitch. In the mixtures, $z \sim q(z\mid x_{\text{image}})$ must reconstruct the *paired* caption and
+# sound, whose styles it cannot know — so the decoders learn what is best **on average over the unknown styles**.
+# For the captions the autoregressive likelihood turns that average into one real caption (checked below: nearly
+# every generated caption is one of the 360 the data can contain). For images and sounds the typical sample *is* the
+# average — a blurry digit, smeared notes — which is why every FD sits far above its baseline and why a sound
+# generated from an uncertain image is often misread. Daunhawer et al. (2022) show that mixture-based multimodal
+# VAEs cannot close this gap when the modalities carry style of their own; a private, modality-specific latent for
+# each modality's style is the remedy studied since (MMVAE+, Palumbo et al., 2023; exercise 07.3).
 #
-# We measure it: the fraction of generated captions that are exactly one of the 360 captions the data can contain.
+# We measure the captions: the fraction of generated captions that are exactly one of the 360 possible ones.
 
 # %%
 from mmlib.data import TEXT_CASES, TEXT_LANGUAGES, TEXT_TEMPLATES, caption
@@ -499,12 +535,13 @@ valid_share = {
     "reconstructed": np.mean([t in valid for t in decode_text(own_text)]),
     "from the image": np.mean([t in valid for t in decode_text(arrays["gen_text__from_image"])]),
     "from the audio": np.mean([t in valid for t in decode_text(arrays["gen_text__from_audio"])]),
+    "joint, from the prior": np.mean([t in valid for t in decode_text(arrays["gen_text"])]),
 }
 print({k: f"{v:.0%}" for k, v in valid_share.items()})
 
 # %%
-assert valid_share["reconstructed"] > max(valid_share["from the image"], valid_share["from the audio"]) + 0.3, \
-    "a caption decoded with its own style known is far more often a real caption than one generated from elsewhere"
+assert min(valid_share.values()) >= 0.9, \
+    "with the autoregressive likelihood >= 90 % of generated captions are real captions, whatever z came from"
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4 · Evaluate: inference from any subset of modalities
@@ -521,7 +558,7 @@ for s, acc in probe.items():
     print(f"{' + '.join(s):<22} {acc:.3f}")
 
 # %%
-assert all(acc > 0.85 for acc in probe.values()), "every subset of modalities places the digit in the latent (> 85 %)"
+assert all(acc > 0.8 for acc in probe.values()), "every subset of modalities places the digit in the latent (> 80 %)"
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4 · Evaluate: cross-modal retrieval in the shared latent space
@@ -552,14 +589,17 @@ assert poe_p1 < min(np.mean([metrics[f][f"retrieval_p1_{a}_to_{b}"] for a, b in 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Summary
 #
-# - A multimodal VAE is one shared latent, one encoder (expert), decoder and likelihood per modality; the
-#   likelihood follows the data type (binomial grey levels, categorical characters, Laplace spectrogram cells).
+# - A multimodal VAE is one shared latent, one encoder (expert), decoder and likelihood per modality. The likelihood
+#   follows the data: binomial grey levels, an **autoregressive** caption model (independent tokens mix the 36
+#   captions of a digit), Gaussian spectrogram cells (a Laplace's median erases the notes).
 # - **Fusion** turns the observed experts into one posterior: the product (precisions add; the prior once), the
 #   mixture (average the densities), or the mixture of subset products. All three infer $z$ from any subset.
-# - Each fusion comes with its paper's objective (MVAE, MMVAE, MoPoE) that trains the experts to work alone too.
-# - On our digits all three latent spaces carry the digit (probe ≥ 95 %) and the mixtures generate coherent images
-#   from text or sound; but cross-generation **into** text and sound, and joint generation, miss the chapter's
-#   targets by far — the shared latent forces the decoders to average over styles they cannot know.
+# - Each fusion comes with its paper's objective (MVAE, MMVAE, MoPoE) that trains the experts to work alone too; a
+#   **learned mixture prior** puts the prior's mass where the codes are, for joint generation.
+# - On our digits the mixtures' latent spaces carry the digit (probe ≥ 95 %, target met) and generate every modality
+#   from every other far above chance, but the best fusion misses the cross-coherence (95 %) and joint-coherence
+#   (90 %) targets: generation from images is the weakest, and the typical images and sounds are averages over
+#   styles that the shared latent cannot know.
 # - Chapter 08 generates the three modalities jointly with a GAN and is measured with exactly these metrics
 #   (`mmlib.mvae.evaluate_generation`).
 
