@@ -515,7 +515,8 @@ def subset_elbo(
     ``experts`` (the output of ``model.encode(x)``) saves encoding again when several subsets are scored."""
     model = _check_model(model)
     x = model.check_inputs(x)
-    if isinstance(subset, str) or not subset or any(m not in x for m in subset):
+    if (isinstance(subset, str) or not isinstance(subset, Sequence) or not subset
+            or any(not isinstance(m, str) or m not in x for m in subset)):
         raise ValueError(f"subset: expected a non-empty list of the given modalities {list(x)}, got {subset!r}")
     means, log_vars, mask = model.encode(x) if experts is None else experts
     in_subset = torch.tensor([name in subset for name in model.names], device=mask.device)
