@@ -24,7 +24,7 @@
 # - train all three with the objectives of their papers (MVAE, MMVAE, MoPoE) and infer $z$ from *any* subset of
 #   modalities;
 # - give each modality the likelihood its data need (an autoregressive one for captions) and the model a learned
-#   prior, and see why each matters;
+#   prior — refitted to the codes after training — and see why each matters;
 # - measure cross-modal and joint coherence, Fréchet distances, a latent linear probe and cross-modal retrieval —
 #   and see, in numbers and pictures, how far each fusion gets.
 
@@ -293,6 +293,15 @@ assert poe_var < min(0.5, 0.3), "the product is sharper than each expert: precis
 # form, so it is estimated at the draw: $\log q(z\mid X) - \log p(z)$. (The product of experts still includes
 # $\mathcal N(0, I)$ as one fixed expert: that is part of the *posterior*'s family, not the model's prior.)
 #
+# **A second stage: refit the prior.** Twenty components trained through a one-draw KL estimate still leave holes
+# (section 4 measures them). So after training we fit the prior once more, this time directly to where the codes
+# are: a mixture of 80 diagonal Gaussians fitted by EM to the posterior means $\mathbb E_q[z\mid X_n]$ of the
+# training triples (`mmlib.mvae.fit_prior`; *ex-post density estimation*, Ghosh et al., 2020). The refitted mixture
+# **is** the model's prior from then on: joint generation samples it, and the test ELBO uses it. It is an honest
+# change of the model, not of the evaluation — the decoders are untouched, only $p(z)$ moves to where they were
+# trained to be read. (80 components were chosen on the *validation* split; a digit's codes spread with its style, so
+# one digit needs several.)
+#
 # We write one MVAE term by hand and compare it with `mmlib.mvae.subset_elbo` on the same random draws.
 
 # %%
@@ -330,7 +339,7 @@ assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-3), "the inline MVAE term
 # ## 3 · Estimate: one model per fusion
 #
 # `mmlib.mvae.run_mvae` trains a model (Adam, 1,000 minibatches of 128 triples, latent size 8, a 20-component
-# prior) and evaluates it on the test split. The same function, with the same seed, backs the command-line
+# prior, refitted to 80 components after training) and evaluates it on the test split. The same function, with the same seed, backs the command-line
 # experiments `python -m mmlib run mvae-poe` (and `mvae-moe`, `mvae-mopoe`) `--seed 0 --out DIR`. The KL weight
 # rises from 0 to 1 over the first 100 steps, a common warm-up (Bowman et al., 2016) that lets the decoders learn to
 # use $z$ before the KL term prices its information; exercise 07.1 asks what it changes. After the warm-up each
@@ -425,8 +434,9 @@ plt.show()
 #    far above chance (≥ 75 % for every pair; ≥ 90 % for images from a caption or a sound). But **the
 #    cross-coherence target is missed**: the weakest pairs start from the *image*, whose expert is the least sure of
 #    the digit (handwriting is more ambiguous than a caption or an interval).
-# 3. Joint samples from the learned prior agree across all three modalities about half the time for the mixtures —
-#    some 50 times chance (about 1 %) — but **the joint-coherence target (90 %) is missed** too.
+# 3. Joint samples from the refitted prior agree across all three modalities for ≥ 80 % of the draws with every
+#    fusion — some 80 times chance (about 1 %) — and ≥ 90 % with the best fusion: **the joint-coherence target is
+#    met** (the next cells show what the refit adds).
 # 4. The product of experts, trained as MVAE, is by far the least cross-coherent — yet it has the best test ELBO and
 #    the most data-like images and sounds (lowest FD): it models each modality well and links them poorly. A good
 #    likelihood is not a good multimodal model.
@@ -453,15 +463,39 @@ assert all(metrics[f][f"cross_coherence_{a}_to_image"] >= 0.9 for f in mixtures 
 assert all(min(pairs, key=lambda p: metrics[f][f"cross_coherence_{p[0]}_to_{p[1]}"])[0] == "image" for f in mixtures), \
     "for both mixtures the weakest pair starts from the image"
 assert min(metrics[best][f"cross_coherence_{a}_to_{b}"] for a, b in pairs) < 0.95, "the cross target (95 %) is missed"
-assert all(0.4 <= metrics[f]["joint_coherence"] < 0.9 for f in mixtures), \
-    "the mixtures' joint coherence: at least 40 % (40 x chance), but below the 90 % target"
-assert metrics["poe"]["joint_coherence"] > 0.1, "the product's joint coherence is above chance (about 1 %) too"
+assert metrics[best]["joint_coherence"] >= 0.9, "best fusion: joint coherence >= 90 % (target met)"
+assert all(metrics[f]["joint_coherence"] >= 0.8 for f in FUSIONS), "every fusion's joint coherence >= 80 % (80 x chance)"
 assert mean_cross["poe"] < min(mean_cross[f] for f in mixtures) - 0.2, "PoE (MVAE) is the least cross-coherent"
 assert metrics["poe"]["test_elbo"] > max(metrics[f]["test_elbo"] for f in mixtures), "... but PoE has the best test ELBO"
 assert all(metrics["poe"][f"fd_{x}"] < min(metrics[f][f"fd_{x}"] for f in mixtures) for x in ("image", "audio")), \
     "... and the lowest FD for images and sounds"
 assert all(metrics[f][f"fd_{x}"] > metrics[f][f"fd_baseline_{x}"] for f in FUSIONS for x in MODALITIES), \
     "every fusion's joint samples are farther from the test data than its two halves from each other"
+
+# %% [markdown] slideshow={"slide_type": "subslide"}
+# **What the refitted prior adds.** Each model keeps the prior it was trained against as `elbo_prior`. We draw the
+# same number of joint samples from both priors and score them the same way:
+
+# %%
+from mmlib.mvae import NUM_JOINT_SAMPLES, evaluate_generation
+from mmlib.seed import make_generator
+
+joint_by_prior = {}
+for fusion, model in models.items():
+    for which, prior in (("ELBO-learned (20)", model.elbo_prior), ("refitted (80)", model.prior)):
+        z = prior.sample(NUM_JOINT_SAMPLES, generator=make_generator(5, device)).to(device)
+        joint_by_prior[fusion, which] = evaluate_generation(model.decode(z), None, ds, classifiers)["joint_coherence"]
+print(f"{'joint coherence':<20}" + "".join(f"{f:>9}" for f in FUSIONS))
+for which in ("ELBO-learned (20)", "refitted (80)"):
+    print(f"{which:<20}" + "".join(f"{joint_by_prior[f, which]:>9.2f}" for f in FUSIONS))
+
+# %% [markdown]
+# The prior learned through the ELBO puts mass between the digits' codes, where the three decoders disagree; the
+# refitted one samples where real triples are encoded, and joint coherence rises for every fusion.
+
+# %%
+assert all(joint_by_prior[f, "refitted (80)"] > joint_by_prior[f, "ELBO-learned (20)"] + 0.1 for f in FUSIONS), \
+    "refitting the prior to the codes raises every fusion's joint coherence by more than 10 points"
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4 · Evaluate: look at the samples
@@ -512,7 +546,7 @@ plt.show()
 display(Audio(spectrogram_to_audio(spec.cpu()).numpy(), rate=SAMPLE_RATE))
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# ## Why the targets are missed: averaging over the other modalities' styles
+# ## Why the cross-coherence target is missed: averaging over the other modalities' styles
 #
 # Each modality's style is independent of the others: an image says nothing about the caption's language or the
 # sound's pitch. In the mixtures, $z \sim q(z\mid x_{\text{image}})$ must reconstruct the *paired* caption and
@@ -595,11 +629,13 @@ assert poe_p1 < min(np.mean([metrics[f][f"retrieval_p1_{a}_to_{b}"] for a, b in 
 # - **Fusion** turns the observed experts into one posterior: the product (precisions add; the prior once), the
 #   mixture (average the densities), or the mixture of subset products. All three infer $z$ from any subset.
 # - Each fusion comes with its paper's objective (MVAE, MMVAE, MoPoE) that trains the experts to work alone too; a
-#   **learned mixture prior** puts the prior's mass where the codes are, for joint generation.
-# - On our digits the mixtures' latent spaces carry the digit (probe ≥ 95 %, target met) and generate every modality
-#   from every other far above chance, but the best fusion misses the cross-coherence (95 %) and joint-coherence
-#   (90 %) targets: generation from images is the weakest, and the typical images and sounds are averages over
-#   styles that the shared latent cannot know.
+#   **mixture prior**, learned with the ELBO and then **refitted to the codes** by EM (ex-post density estimation),
+#   puts the prior's mass where the codes are, for joint generation.
+# - On our digits the mixtures' latent spaces carry the digit (probe ≥ 95 %, target met), and joint samples from the
+#   refitted prior agree across the three modalities ≥ 90 % of the time for the best fusion (target met). Every
+#   modality is generated from every other far above chance, but the best fusion misses the cross-coherence target
+#   (95 %): generation from images is the weakest, and the typical images and sounds are averages over styles that
+#   the shared latent cannot know.
 # - Chapter 08 generates the three modalities jointly with a GAN and is measured with exactly these metrics
 #   (`mmlib.mvae.evaluate_generation`).
 

@@ -224,6 +224,28 @@ def test_training_is_deterministic_and_finite():
         m2, h2 = mvae.train_mvae(fusion, config=config, seed=1, device="cpu", progress=False)
         assert h1["loss"] == h2["loss"] and all(math.isfinite(v) for v in h1["loss"]), f"{fusion}: same seed, same run"
         assert not m1.training
+        assert m1.prior.components == config.refit_prior, f"{fusion}: the prior is refitted after training"
+        assert torch.equal(m1.prior.means, m2.prior.means), f"{fusion}: the refit is seeded too"
+
+
+def test_fit_prior_is_em_on_the_posterior_means(ds):
+    model = build_mvae("moe", MVAEConfig(hidden=16), seed=0, device="cpu")
+    x = {m: ds.train[m][:300] for m in MODALITIES}
+    z = mvae.posterior_means(model, x)
+    learned = model.prior.log_prob(z).mean()
+    fits = {}
+    for iters in (0, 3, 30):
+        prior = mvae.fit_prior(model, x, 6, iters=iters, min_var=1e-9, generator=_gen(3))
+        assert model.prior is prior and prior.components == 6, "the fitted mixture replaces the model's prior"
+        fits[iters] = float(prior.log_prob(z).mean().detach())
+    assert fits[0] <= fits[3] + 1e-4 and fits[3] <= fits[30] + 1e-4, f"EM never lowers the codes' likelihood: {fits}"
+    assert fits[30] > float(learned.detach()), "the refitted prior explains the codes better than the untrained one"
+    assert model.elbo_prior.components == MVAEConfig().prior_components, "the prior trained against is kept"
+    assert torch.allclose(prior.logits.softmax(-1).sum(), torch.tensor(1.0)), "mixture weights sum to one"
+    again = mvae.fit_prior(model, x, 6, iters=30, min_var=1e-9, generator=_gen(3))
+    assert torch.equal(again.means, prior.means), "same generator, same fit"
+    with pytest.raises(ValueError, match="components"):
+        mvae.fit_prior(model, x, 301)
 
 
 # --- evaluation -----------------------------------------------------------------------------------------------------
@@ -306,6 +328,10 @@ def test_bad_inputs_name_the_argument(batch):
         MVAEConfig(lr=-1.0)
     with pytest.raises(ValueError, match="config.prior_components"):
         MVAEConfig(prior_components=-1)
+    with pytest.raises(ValueError, match="config.refit_prior"):
+        MVAEConfig(refit_prior=-1)
+    with pytest.raises(ValueError, match="config.audio_min_scale"):
+        MVAEConfig(audio_min_scale=0.0)
     with pytest.raises(TypeError, match="x"):
         model.encode({})
     with pytest.raises(ValueError, match="unknown modalities"):
