@@ -63,6 +63,7 @@ __all__ = [
     "mopoe_loss",
     "fusion_loss",
     "elbo",
+    "fit_prior",
     "train_mvae",
     "generate_joint",
     "generate_cross",
@@ -196,7 +197,9 @@ class MixturePrior(nn.Module):
     Why: with ``N(0, I)`` the codes of the ten digits form clusters that do not fill the Gaussian, so a prior sample
     often lands between them and decodes to no digit in particular ("prior holes"). A mixture learns where the codes
     are; sampling the *model's* prior then gives codes like the data's. Its parameters are fitted with the rest by the
-    ELBO, whose ``E_q[log p(z)]`` term is the likelihood of the codes under the prior."""
+    ELBO, whose ``E_q[log p(z)]`` term is the likelihood of the codes under the prior. Trained that way (one-draw KL
+    estimates) it still leaves holes: :func:`train_mvae` then refits it to the codes by EM (:func:`fit_prior`), which
+    raised MoE's joint coherence from 0.56 to 0.92 in notebook 07."""
 
     def __init__(self, components: int, latent_dim: int) -> None:
         super().__init__()
@@ -297,7 +300,12 @@ class MVAEConfig:
     ``prior_components``: components of the learned mixture prior (:class:`MixturePrior`; 0 = ``N(0, I)``);
     ``text_hidden``: units per position of the autoregressive caption likelihood (:class:`AutoregressiveTokens`);
     ``kl_warmup``: the KL weight grows linearly from 0 to 1 over the first ``kl_warmup`` steps (Bowman et al., 2016);
-    after it, the objective is the paper's.
+    after it, the objective is the paper's;
+    ``audio_min_scale``: the floor of the spectrogram likelihood's noise scale (:class:`GaussianSpectrogram`);
+    ``refit_prior``: after training, refit the mixture prior by EM to the posterior means of the training triples,
+    with this many components (:func:`fit_prior`: ex-post density estimation, Ghosh et al. 2020); 0 keeps the prior
+    learned with the ELBO. 80 was chosen on the validation split (MoE, seed 0: joint coherence 0.86, 0.90, 0.91 with
+    20, 40, 80 components; the codes of one digit vary with its style, so a digit needs several components).
     """
 
     latent_dim: int = 8
@@ -309,22 +317,31 @@ class MVAEConfig:
     batch_size: int = 128
     lr: float = 2e-3
     kl_warmup: int = 100
+    audio_min_scale: float = 0.02
+    refit_prior: int = 80
 
     def __post_init__(self) -> None:
         for name in ("latent_dim", "hidden", "text_embed", "text_hidden", "steps", "batch_size"):
             check_int(getattr(self, name), f"config.{name}", low=1)
         check_int(self.prior_components, "config.prior_components", low=0)
         check_int(self.kl_warmup, "config.kl_warmup", low=0)
+        check_int(self.refit_prior, "config.refit_prior", low=0)
         check_positive(self.lr, "config.lr")
+        check_positive(self.audio_min_scale, "config.audio_min_scale")
 
 
 def build_modality(
-    name: str, latent_dim: int, hidden: int = 128, text_embed: int = 8, text_hidden: int = 32
+    name: str,
+    latent_dim: int,
+    hidden: int = 128,
+    text_embed: int = 8,
+    text_hidden: int = 32,
+    audio_min_scale: float = 0.02,
 ) -> Modality:
     """The :class:`Modality` of the multimodal digits called ``name`` ('image', 'text' or 'audio'): an MLP encoder and
     an MLP decoder with two hidden layers of width ``hidden``; likelihoods :class:`BinomialLevels` (image),
     :class:`AutoregressiveTokens` (text, ``text_hidden`` units per position) and :class:`GaussianSpectrogram`
-    (audio). Built on the CPU."""
+    (audio, noise scale at least ``audio_min_scale``). Built on the CPU."""
     from mmlib.data import AUDIO_BINS, AUDIO_FRAMES, MODALITIES, TEXT_LENGTH, TEXT_VOCAB
 
     name = check_choice(name, "name", MODALITIES)
@@ -340,7 +357,8 @@ def build_modality(
         likelihood = AutoregressiveTokens(TEXT_LENGTH, len(TEXT_VOCAB), text_hidden)
         encoder = _TokenEncoder(len(TEXT_VOCAB), TEXT_LENGTH, text_embed, head)  # (N, L) -> (N, 2D)
     else:
-        likelihood = GaussianSpectrogram((AUDIO_BINS, AUDIO_FRAMES))
+        min_scale = check_positive(audio_min_scale, "audio_min_scale")
+        likelihood = GaussianSpectrogram((AUDIO_BINS, AUDIO_FRAMES), min_scale)
         encoder = nn.Sequential(nn.Flatten(), _mlp([AUDIO_BINS * AUDIO_FRAMES, *head]))  # (N, F, T) -> (N, 2D)
     decoder = _mlp([latent_dim, hidden, hidden, likelihood.out_features])
     return Modality(name, encoder, decoder, likelihood)
@@ -467,8 +485,8 @@ def build_mvae(
     seed = check_int(seed, "seed", low=0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        modalities = [build_modality(m, config.latent_dim, config.hidden, config.text_embed, config.text_hidden)
-                      for m in MODALITIES]
+        modalities = [build_modality(m, config.latent_dim, config.hidden, config.text_embed, config.text_hidden,
+                                     config.audio_min_scale) for m in MODALITIES]
         model = MultimodalVAE(modalities, config.latent_dim, fusion, config.prior_components)
     return model.to(resolve_device(device))
 
@@ -635,6 +653,65 @@ def elbo(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def fit_prior(
+    model: MultimodalVAE,
+    x: Mapping[str, torch.Tensor],
+    components: int,
+    *,
+    iters: int = 100,
+    min_var: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> MixturePrior:
+    """Refit ``model.prior`` to the codes of the examples ``x``: a Gaussian mixture with ``components`` diagonal
+    components, fitted by EM (``iters`` steps, variances at least ``min_var``) to the posterior means
+    (:func:`posterior_means`, all the given modalities). The fitted mixture replaces ``model.prior`` (and is
+    returned): it *is* the model's prior from then on — sampling it and decoding is joint generation; the prior the
+    model was trained against stays available as ``model.elbo_prior`` (set by the first refit). This is ex-post
+    density estimation (Ghosh et al., 2020, "From variational to deterministic autoencoders"): a second stage after
+    the ELBO, which puts the prior's mass where the fused codes of real triples are, and so fixes the "prior holes"
+    that the prior learned with the ELBO leaves between them.
+
+    EM alternates the responsibilities ``r_nk = pi_k N(z_n; m_k, s_k^2) / sum_j pi_j N(z_n; m_j, s_j^2)`` and the
+    weighted moments ``pi_k = mean_n r_nk``, ``m_k = sum_n r_nk z_n / sum_n r_nk``, ``s_k^2 = sum_n r_nk (z_n - m_k)^2
+    / sum_n r_nk + min_var``; it starts from ``components`` codes picked apart from each other (k-means++, Arthur &
+    Vassilvitskii 2007) with ``generator``."""
+    model = _check_model(model)
+    components = check_int(components, "components", low=1)
+    iters = check_int(iters, "iters", low=0)
+    min_var = check_positive(min_var, "min_var")
+    z = posterior_means(model, x)  # (N, D)
+    if z.shape[0] < components:
+        raise ValueError(f"components: expected at most {z.shape[0]} (the number of codes), got {components}")
+    device = generator.device if generator is not None else z.device
+    first = int(torch.randint(z.shape[0], (1,), generator=generator, device=device))
+    picked = [first]
+    nearest = ((z - z[first]) ** 2).sum(-1)
+    for _ in range(components - 1):  # k-means++: the next centre with probability ~ squared distance to the nearest
+        k = int(torch.multinomial((nearest / nearest.sum()).to(device), 1, generator=generator))
+        picked.append(k)
+        nearest = torch.minimum(nearest, ((z - z[k]) ** 2).sum(-1))
+    mean = z[picked].clone()  # (K, D)
+    var = z.var(0).expand(components, -1).clone()
+    log_pi = torch.full((components,), -math.log(components), device=z.device)
+    for _ in range(iters):
+        log_r = log_pi + _log_normal(z.unsqueeze(1), mean, var.log())  # (Nz, K)
+        r = log_r.softmax(-1)
+        total = r.sum(0) + 1e-10
+        mean = (r.T @ z) / total.unsqueeze(-1)
+        var = (r.T @ z**2) / total.unsqueeze(-1) - mean**2 + min_var
+        log_pi = torch.log(total / z.shape[0])
+    prior = MixturePrior(components, model.latent_dim).to(z.device)
+    prior.means.copy_(mean)
+    prior.log_vars.copy_(var.log())
+    prior.logits.copy_(log_pi)
+    if not hasattr(model, "elbo_prior"):
+        model.elbo_prior = model.prior
+    model.prior = prior
+    return prior
+
+
+
 def train_mvae(
     fusion: str,
     *,
@@ -645,7 +722,8 @@ def train_mvae(
 ):
     """Build (:func:`build_mvae`) and train a multimodal VAE with ``fusion`` on the training split of the multimodal
     digits, all three modalities observed: Adam on minibatches with :func:`mmlib.train.train`, the KL weight warmed
-    up over ``config.kl_warmup`` steps. Every random draw (weights, minibatches, reparameterisation, MVAE's subsets)
+    up over ``config.kl_warmup`` steps; then, if ``config.refit_prior``, the prior is refitted to the training codes
+    (:func:`fit_prior`). Every random draw (weights, minibatches, reparameterisation, MVAE's subsets, the refit)
     comes from ``seed``. Returns ``(model, history)``, the model in eval mode."""
     from mmlib.data import load_multimodal_digits
     from mmlib.seed import make_generator
@@ -675,6 +753,8 @@ def train_mvae(
     history = train(step, [ds.train[name] for name in names], steps=config.steps, batch_size=config.batch_size,
                     log_every=50, seed=seed, desc=f"MVAE ({fusion})", progress=progress)
     model.eval()
+    if config.refit_prior:
+        fit_prior(model, ds.train.x, config.refit_prior, generator=generator)
     return model, history
 
 

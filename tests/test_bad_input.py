@@ -133,6 +133,7 @@ def _chapter_specs() -> list[Spec]:
         *_aae_specs(),
         *_gan_specs(),
         *_cgan_specs(),
+        *_chapter07_specs(),
     ]
 
 
@@ -443,6 +444,42 @@ def _cgan_specs() -> list[Spec]:
                       "condition_labels": ds.test.label[test_idx].clone(), "real_test": ds.test["image"][test_idx],
                       "real_train": ds.train["image"][train_idx], "train_labels": ds.train.label[train_idx],
                       "classifier": clf}),
+    ]
+
+
+def _chapter07_specs() -> list[Spec]:
+    """Public functions of notebook 07's modules (fusion and the multimodal VAE)."""
+    from mmlib import fusion, mvae
+    from mmlib.data import load_multimodal_digits
+
+    def experts(k: int = 3, n: int = 4, d: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = _g(seed)
+        return torch.randn(k, n, d, generator=gen), torch.randn(k, n, d, generator=gen)
+
+    test = load_multimodal_digits("cpu").test
+    model = mvae.build_mvae("moe", mvae.MVAEConfig(hidden=8, prior_components=3), seed=0, device="cpu")
+    mix = fusion.mixture_of_experts(*experts())
+    return [
+        Spec("fusion.product_of_experts", fusion.product_of_experts,
+             lambda: dict(zip(("means", "log_vars"), experts()), mask=torch.ones(3, 4, dtype=torch.long))),
+        Spec("fusion.mixture_of_experts", fusion.mixture_of_experts,
+             lambda: dict(zip(("means", "log_vars"), experts()))),
+        Spec("fusion.mixture_of_products", fusion.mixture_of_products,
+             lambda: dict(zip(("means", "log_vars"), experts()))),
+        Spec("fusion.mixture_log_prob", fusion.mixture_log_prob,
+             lambda: {"z": torch.randn(4, 2, generator=_g(1)), "means": mix[0].clone(), "log_vars": mix[1].clone(),
+                      "weights": mix[2].clone()}),
+        Spec("fusion.nonempty_subsets", fusion.nonempty_subsets, lambda: {"num_experts": 3}),
+        Spec("mvae.precision_at_k", mvae.precision_at_k,
+             lambda: {"query": torch.randn(6, 3, generator=_g()), "gallery": torch.randn(9, 3, generator=_g(1)),
+                      "query_labels": torch.arange(6) % 3, "gallery_labels": torch.arange(9) % 3, "k": 2}),
+        Spec("mvae.build_modality", mvae.build_modality, lambda: {"name": "audio", "latent_dim": 4, "hidden": 8}),
+        Spec("mvae.generate_joint", mvae.generate_joint, lambda: {"model": model, "n": 4}),
+        Spec("mvae.subset_elbo", lambda x, subset: mvae.subset_elbo(model, x, subset),
+             lambda: {"x": {"image": test["image"][:4].clone(), "audio": test["audio"][:4].clone()},
+                      "subset": ["image"]}),
+        Spec("mvae.posterior_means", lambda x: mvae.posterior_means(model, x),
+             lambda: {"x": {"text": test["text"][:4].clone()}}),
     ]
 
 
