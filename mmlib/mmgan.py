@@ -484,7 +484,7 @@ CROSS_SOURCES: tuple[str, ...] = ("text", "audio")
 
 def run_mmgan(
     *, seed: int = 0, device: torch.device | str | None = None, progress: bool = True,
-    config: MMGANConfig | None = None, vae_fusion: str = "mopoe",
+    config: MMGANConfig | None = None, vae_fusion: str = "moe",
 ) -> tuple[FittedMMGAN, object, FittedCGAN, Result]:
     """Train the joint GAN, the multimodal VAE (``vae_fusion``, chapter 07's :func:`mmlib.mvae.run_mvae`) and the
     adversarial latent decoder; evaluate them with chapter 07's :func:`mmlib.mvae.evaluate_generation`.

@@ -223,8 +223,8 @@ assert gap < 1e-5, "the inline step and mmlib.mmgan.mmgan_step train the same ne
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # **Training and the comparison.** `mmlib.mmgan.run_mmgan` trains the GAN (1,500 steps of 128 triples), then
-# chapter 07's multimodal VAE with the mixture of products of experts (`mmlib.mvae.run_mvae("mopoe")`, the function
-# behind `python -m mmlib run mvae-mopoe`), then the combination of section 5, and evaluates all of them. It is the
+# chapter 07's best multimodal VAE, the mixture of experts with its refitted prior (`mmlib.mvae.run_mvae("moe")`, the
+# function behind `python -m mmlib run mvae-moe`), then the combination of section 5, and evaluates all of them. It is the
 # function behind `python -m mmlib run mmgan`, so the numbers below are the experiment's.
 
 # %%
@@ -368,7 +368,7 @@ for m in MODALITIES:
     assert metrics[f"gan_fd_{m}"] < metrics[f"vae_fd_{m}"], f"the GAN's {m} samples are closer to the data (FD)"
     assert metrics[f"gan_fd_{m}"] <= 2 * metrics[f"gan_fd_baseline_{m}"], f"GAN {m}: FD within 2× its baseline"
 assert metrics["vae_fd_audio"] > 10 * metrics["vae_fd_baseline_audio"], "the VAE's sounds are far from the data"
-assert metrics["vae_joint_coherence"] < 0.5, "fewer than half of the VAE's prior samples agree on the digit"
+assert metrics["vae_joint_coherence"] >= COHERENCE_TARGET, "the VAE's prior samples reach 90 % coherence too"
 
 # %% [markdown]
 # (The combination's captions and sounds come from the VAE's own decoders, on other draws of $z$; only its images
@@ -399,9 +399,9 @@ plt.show()
 # - **The VAE can infer.** It has encoders: it maps any subset of modalities to the shared latent and generates the
 #   others from there (chapter 07's cross-modal generation and retrieval). Our GAN has no encoder at all: it cannot
 #   say which noise produced a given caption, so it cannot translate one modality into another.
-# - **Joint samples from the VAE's prior are incoherent** (fewer than half agree): the prior $\mathcal N(0, I)$ puts
-#   mass where the encoders never put any data. (And recall that the GAN, unlike the VAE, was trained with the
-#   digits.)
+# - **Coherence is a draw.** With chapter 07's refitted prior — a mixture fitted to where the encoders put the
+#   training data — the VAE's joint samples agree on the digit as often as the GAN's, and the VAE never saw a label;
+#   the GAN was trained with the digits. (Without the refit, the VAE's samples agreed far less often: chapter 07.)
 #
 # The VAE's cross-modal generation, chapter 07's strength, is far above chance (10 %):
 
@@ -426,7 +426,7 @@ for s in ("text", "audio"):
 #   X_{\text{image}}) \text{ from the training triples, the VAE frozen.}$$
 #
 # We measure it against its parts: the VAE's own decoder on the same latent codes — for joint samples
-# ($z \sim \mathcal N(0, I)$) and for cross-modal generation ($z \sim q(z \mid \text{caption})$ or
+# ($z \sim p(z)$, the refitted prior) and for cross-modal generation ($z \sim q(z \mid \text{caption})$ or
 # $q(z \mid \text{sound})$, images scored against the real test images).
 
 # %%
@@ -464,17 +464,19 @@ for s in ("text", "audio"):
         f"{s} → image: the adversarial decoder's images are much closer to the data (FD at least 40 % lower)")
     assert metrics[f"combined_cross_coherence_{s}_to_image"] < metrics[f"vae_cross_coherence_{s}_to_image"], (
         f"{s} → image: ...at some cost in coherence")
-    assert metrics[f"combined_cross_coherence_{s}_to_image"] > 0.7, f"{s} → image: ...but most still fit the source"
+    assert metrics[f"combined_cross_coherence_{s}_to_image"] > 0.5, f"{s} → image: ...but most still fit the source"
 assert metrics["combined_fd_image"] < metrics["vae_fd_image"], "joint samples: sharper images from the same prior"
 
 # %% [markdown]
-# The combination keeps what the VAE can do — generate an image *from a caption or a sound* — and draws much sharper
-# images (FD more than 40 % lower), at the price of some coherence: the adversarial decoder follows the latent code
-# a little less faithfully than a decoder trained to reconstruct. It does not repair the VAE's joint samples, which
-# stay incoherent: the latent code drawn from the prior is the problem, not the decoder.
+# The combination keeps what the VAE can do — generate an image *from a caption or a sound* — and draws sharper
+# images (lower FD), at a clear price in coherence: the adversarial decoder follows the latent code less faithfully
+# than a decoder trained to reconstruct it, most of all for codes inferred from a sound. A discriminator rewards
+# "looks real", and only the training pairs tie the image to the code. The same trade-off shows in the joint
+# samples: sharper images, fewer triples that agree.
 
 # %%
-assert metrics["combined_joint_coherence"] < 0.5, "a better decoder does not make the VAE's prior samples coherent"
+assert metrics["combined_joint_coherence"] < metrics["vae_joint_coherence"], (
+    "joint samples: the adversarial image decoder agrees less often with the VAE's captions and sounds")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## Summary
@@ -484,8 +486,9 @@ assert metrics["combined_joint_coherence"] < 0.5, "a better decoder does not mak
 # - Its discriminator sees the three modalities together — realism, digit and pairwise compatibility terms — and,
 #   trained on mismatched real triples as negatives, it scores matched test triples above mismatched ones.
 # - Measured with chapter 07's metrics, the GAN's joint samples agree on the digit at least 90 % of the time and are
-#   close to the data in every modality; the VAE's are blurred and incoherent — but the VAE (trained without labels)
-#   can infer a latent code from data and translate between modalities, which the GAN cannot.
+#   close to the data in every modality; the VAE's agree as often (with chapter 07's refitted prior) but are blurred
+#   — and the VAE, trained without labels, can infer a latent code from data and translate between modalities,
+#   which the GAN cannot.
 # - Combining them — the VAE's encoders with an adversarially trained decoder — keeps cross-modal generation and
 #   sharpens the images, at some cost in coherence.
 
