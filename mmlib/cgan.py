@@ -42,7 +42,7 @@ from mmlib.checks import (
     check_probability,
     check_tensor,
 )
-from mmlib.data import AUDIO_BINS, AUDIO_FRAMES, MODALITIES, TEXT_LENGTH, TEXT_VOCAB
+from mmlib.data import AUDIO_BINS, AUDIO_FRAMES, MODALITIES, MODALITY_SHAPES, TEXT_LENGTH, TEXT_VOCAB
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import Result, register
@@ -86,12 +86,6 @@ __all__ = [
 PAIRS: tuple[tuple[str, str], ...] = (("text", "image"), ("text", "audio"))
 #: Modalities a conditional generator can produce (continuous values in [0, 1]).
 TARGETS: tuple[str, ...] = ("image", "audio")
-#: Shape of one sample of each modality (text: token ids).
-MODALITY_SHAPES: dict[str, tuple[int, ...]] = {
-    "image": (1, 8, 8),
-    "text": (TEXT_LENGTH,),
-    "audio": (AUDIO_BINS, AUDIO_FRAMES),
-}
 
 #: A condition is a modality's name, or the width ``d`` of plain float vectors ``(N, d)`` (chapter 08 conditions on
 #: a VAE's latent code).

@@ -31,6 +31,7 @@ from mmlib.device import resolve_device
 from mmlib.experiments import Result, register
 
 __all__ = [
+    "MODALITY_SHAPES",
     # 2D mixtures (03)
     "RING_MODES",
     "RING_STD",
@@ -471,6 +472,12 @@ _F_MIN = 250.0
 _SEMITONES_PER_BIN = 1.5
 #: Centre frequency (Hz) of each spectrogram bin, low to high.
 AUDIO_BIN_HZ: torch.Tensor = _F_MIN * 2.0 ** (_SEMITONES_PER_BIN * torch.arange(AUDIO_BINS, dtype=torch.float32) / 12)
+#: Shape of one sample of each modality of the multimodal digits (text: token ids).
+MODALITY_SHAPES: dict[str, tuple[int, ...]] = {
+    "image": (1, 8, 8),
+    "text": (TEXT_LENGTH,),
+    "audio": (AUDIO_BINS, AUDIO_FRAMES),
+}
 #: The first note sits ``pitch`` semitones from this frequency (Hz).
 _REFERENCE_HZ = _F_MIN * 2.0 ** (21 / 12)
 #: Interval (semitones) from the first note to the second, per digit: 3 (d - 5), so 0 falls 15 and 9 climbs 12.

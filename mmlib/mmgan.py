@@ -49,7 +49,7 @@ from mmlib.cgan import (
     generator_loss,
     mlp,
 )
-from mmlib.checks import check_choice, check_int, check_positive, check_probability, check_tensor
+from mmlib.checks import check_choice, check_indices, check_int, check_positive, check_probability, check_tensor
 from mmlib.data import MODALITIES, TEXT_LENGTH, TEXT_VOCAB
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
@@ -161,7 +161,7 @@ class JointGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         z = check_tensor(z, "z", shape=(None, self.noise_dim), floating=True, finite=False)
-        y = check_tensor(y, "y", shape=(z.shape[0],), integer=True)
+        y = check_indices(y, "y", NUM_DIGITS, shape=(z.shape[0],))  # range checked on the CPU only (no GPU sync)
         h = self.trunk(torch.cat([F.one_hot(y, NUM_DIGITS).to(z.dtype), z], dim=1))
         out = {m: torch.sigmoid(self.heads[m](h)).reshape(-1, *MODALITY_SHAPES[m]) for m in ("image", "audio")}
         codes = F.leaky_relu(self.heads["text"](h), 0.2).reshape(-1, TEXT_LENGTH, self.char_dim)
@@ -242,6 +242,10 @@ def shuffle_modality(x: Mapping[str, torch.Tensor], modality: str, shift: int = 
         raise TypeError(f"x: expected a dict {{modality: batch}}, got {type(x).__name__}")
     modality = check_choice(modality, "modality", tuple(x))
     check_int(shift, "shift", low=1)
+    checked = {m: check_tensor(v, f"x[{m!r}]", finite=False) for m, v in x.items()}
+    rows = {m: int(v.shape[0]) if v.ndim else 0 for m, v in checked.items()}
+    if len(set(rows.values())) != 1 or 0 in rows.values():
+        raise ValueError(f"x: expected row-aligned non-empty batches, got {rows} rows")
     return {m: (v.roll(shift, dims=0) if m == modality else v) for m, v in x.items()}
 
 
@@ -444,11 +448,21 @@ def fit_latent_decoder(
                     seed=seed, device=vae.device, progress=progress)
 
 
+def _check_combination(vae: object, decoder: object) -> None:
+    from mmlib.mvae import MultimodalVAE
+
+    if not isinstance(vae, MultimodalVAE):
+        raise TypeError(f"vae: expected an mmlib.mvae.MultimodalVAE, got {type(vae).__name__}")
+    if not isinstance(decoder, FittedCGAN):
+        raise TypeError(f"decoder: expected the FittedCGAN of fit_latent_decoder, got {type(decoder).__name__}")
+
+
 @torch.no_grad()
 def generate_combined(vae: nn.Module, decoder: FittedCGAN, n: int, *, seed: int = 0) -> dict[str, torch.Tensor]:
     """Joint samples of the combination: ``z ~ p(z)``, the VAE's (learned) prior; the VAE's decoders give every
     modality but the decoder's target, which the adversarial decoder draws from ``z``. Rows aligned across
     modalities."""
+    _check_combination(vae, decoder)
     n = check_int(n, "n", low=1)
     seed = check_int(seed, "seed", low=0)
     gen = torch.Generator(device=vae.device)
@@ -466,11 +480,13 @@ def generate_combined_cross(vae: nn.Module, decoder: FittedCGAN, source: str, x:
     decoder draws its target from ``z``. Row ``i`` comes from ``x[i]``."""
     from mmlib.fusion import mixture_sample
 
+    _check_combination(vae, decoder)
     source = check_choice(source, "source", MODALITIES)
     seed = check_int(seed, "seed", low=0)
+    x = vae.check_inputs({source: check_tensor(x, "x", finite=False)}, "x")
     gen = torch.Generator(device=vae.device)
     gen.manual_seed(seed)
-    z, _ = mixture_sample(*vae.posterior({source: x}), generator=gen)
+    z, _ = mixture_sample(*vae.posterior(x), generator=gen)
     return generate(decoder.generator, z, seed=seed + 1)[:, 0]
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.distributions import Binomial, Independent
 
-from mmlib.checks import check_choice, check_int, check_positive, check_tensor
+from mmlib.checks import check_choice, check_generator, check_indices, check_int, check_positive, check_tensor
 from mmlib.device import resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import Result, register
@@ -410,7 +410,15 @@ class MultimodalVAE(nn.Module):
         unknown = [k for k in x if k not in self.modalities]
         if unknown:
             raise ValueError(f"{name}: unknown modalities {unknown}; this model has {list(self.names)}")
-        out = {k: check_tensor(v, f"{name}[{k!r}]", finite=False) for k, v in x.items()}
+        from mmlib.data import MODALITY_SHAPES, TEXT_VOCAB
+
+        out = {}
+        for k, v in x.items():
+            shape = (None, *MODALITY_SHAPES[k])
+            if k == "text":
+                out[k] = check_indices(v, f"{name}[{k!r}]", len(TEXT_VOCAB), shape=shape)
+            else:
+                out[k] = check_tensor(v, f"{name}[{k!r}]", shape=shape, floating=True, finite=False)
         rows = {k: int(v.shape[0]) for k, v in out.items()}
         if len(set(rows.values())) > 1:
             raise ValueError(f"{name}: expected the same number of rows for every modality, got {rows}")
@@ -502,6 +510,11 @@ def _check_model(model: object) -> MultimodalVAE:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _check_beta_generator(beta: object, generator: object) -> tuple[float, torch.Generator | None]:
+    """The KL weight ``beta`` (a number >= 0) and the private random ``generator`` (or None) of the objectives."""
+    return check_positive(beta, "beta", allow_zero=True), check_generator(generator, "generator")
+
+
 def _log_normal(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """``log N(z; mean, diag exp(log_var))`` summed over the last dimension."""
     return -0.5 * (math.log(2 * math.pi) + log_var + (z - mean) ** 2 * torch.exp(-log_var)).sum(-1)
@@ -531,6 +544,7 @@ def subset_elbo(
 
     the KL in closed form for ``p = N(0, I)``, else estimated at the draw (``log q(z) - log p(z)``).
     ``experts`` (the output of ``model.encode(x)``) saves encoding again when several subsets are scored."""
+    beta, generator = _check_beta_generator(beta, generator)
     model = _check_model(model)
     x = model.check_inputs(x)
     if (isinstance(subset, str) or not isinstance(subset, Sequence) or not subset
@@ -552,6 +566,7 @@ def mvae_loss(
 
     each term a :func:`subset_elbo` with the product of its modalities' experts, ``S`` one random subset of size
     between 2 and M - 1 (drawn with ``generator``; none with two modalities)."""
+    beta, generator = _check_beta_generator(beta, generator)
     model = _check_model(model)
     x = model.check_inputs(x)
     experts = model.encode(x)
@@ -574,6 +589,7 @@ def mmvae_loss(
         -(1/M) sum_m [ log p(X | z_m) - beta (log q_MoE(z_m | X) - log p(z_m)) ],   z_m ~ q_m(z | x_m):
 
     every expert's draw must reconstruct *all* modalities; ``q_MoE`` is the mixture's density."""
+    beta, generator = _check_beta_generator(beta, generator)
     model = _check_model(model)
     x = model.check_inputs(x)
     means, log_vars, weights = model.posterior(x)
@@ -594,6 +610,7 @@ def mopoe_loss(
     ``z ~ q_S``, which reconstructs all modalities; the subsets' average KL is then estimated by ``KL(q_S || p)``
     of that subset (closed form for ``N(0, I)``, else ``log q_S(z) - log p(z)``) — unbiased, since ``S`` is drawn
     with the mixture's weights."""
+    beta, generator = _check_beta_generator(beta, generator)
     model = _check_model(model)
     x = model.check_inputs(x)
     means, log_vars, weights = model.posterior(x)
@@ -611,6 +628,7 @@ def fusion_loss(
 ) -> torch.Tensor:
     """The training loss of ``model``'s fusion: :func:`mvae_loss`, :func:`mmvae_loss` or :func:`mopoe_loss`, with
     the KL terms weighted by ``beta`` (1 = the paper's objective)."""
+    beta, generator = _check_beta_generator(beta, generator)
     model = _check_model(model)
     beta = check_positive(beta, "beta", allow_zero=True)
     return _LOSSES[model.fusion](model, x, beta=beta, generator=generator)
@@ -630,6 +648,7 @@ def elbo(
 
     estimated with ``num_samples`` draws from each mixture component ``c`` (stratified), with the mixture's exact
     density in ``log q``. Evaluated in eval mode."""
+    generator = check_generator(generator, "generator")
     model = _check_model(model)
     num_samples = check_int(num_samples, "num_samples", low=1)
     x = model.check_inputs(x)
@@ -676,6 +695,7 @@ def fit_prior(
     weighted moments ``pi_k = mean_n r_nk``, ``m_k = sum_n r_nk z_n / sum_n r_nk``, ``s_k^2 = sum_n r_nk (z_n - m_k)^2
     / sum_n r_nk + min_var``; it starts from ``components`` codes picked apart from each other (k-means++, Arthur &
     Vassilvitskii 2007) with ``generator``."""
+    generator = check_generator(generator, "generator")
     model = _check_model(model)
     components = check_int(components, "components", low=1)
     iters = check_int(iters, "iters", low=0)
@@ -785,9 +805,12 @@ def generate_cross(
     """Cross-modal generation from each single source: for every source ``s`` in ``x`` and target ``t != s``
     (``targets``, default all), draw ``z ~ q(z | x_s)`` (the fused posterior given ``s`` alone) and decode ``t``.
     Returns ``{(s, t): samples}``, row ``i`` generated from ``x[s][i]``."""
+    generator = check_generator(generator, "generator")
     model = _check_model(model)
     x = model.check_inputs(x)
-    targets = model.names if targets is None else tuple(targets)
+    if targets is not None and (isinstance(targets, str) or not isinstance(targets, (list, tuple))):
+        raise TypeError(f"targets: expected a list of modality names or None, got {targets!r}")
+    targets = model.names if targets is None else tuple(check_choice(t, "targets", model.names) for t in targets)
     was_training = model.training
     model.eval()
     try:

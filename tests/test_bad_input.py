@@ -10,6 +10,7 @@ The number of cases tried is printed at the end of the run.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import tempfile
@@ -134,6 +135,7 @@ def _chapter_specs() -> list[Spec]:
         *_gan_specs(),
         *_cgan_specs(),
         *_chapter07_specs(),
+        *_chapter08_specs(),
     ]
 
 
@@ -459,6 +461,7 @@ def _chapter07_specs() -> list[Spec]:
     test = load_multimodal_digits("cpu").test
     model = mvae.build_mvae("moe", mvae.MVAEConfig(hidden=8, prior_components=3), seed=0, device="cpu")
     mix = fusion.mixture_of_experts(*experts())
+    mods = ("image", "text", "audio")
     return [
         Spec("fusion.product_of_experts", fusion.product_of_experts,
              lambda: dict(zip(("means", "log_vars"), experts()), mask=torch.ones(3, 4, dtype=torch.long))),
@@ -480,6 +483,76 @@ def _chapter07_specs() -> list[Spec]:
                       "subset": ["image"]}),
         Spec("mvae.posterior_means", lambda x: mvae.posterior_means(model, x),
              lambda: {"x": {"text": test["text"][:4].clone()}}),
+        Spec("fusion.subset_masks", fusion.subset_masks, lambda: {"num_experts": 3, "device": "cpu"}),
+        Spec("fusion.mixture_sample", fusion.mixture_sample,
+             lambda: {"means": mix[0].clone(), "log_vars": mix[1].clone(), "weights": mix[2].clone(),
+                      "generator": _g()}),
+        Spec("fusion.mixture_mean", fusion.mixture_mean,
+             lambda: {"means": mix[0].clone(), "log_vars": mix[1].clone(), "weights": mix[2].clone()}),
+        Spec("mvae.MVAEConfig", mvae.MVAEConfig, lambda: {"latent_dim": 2, "hidden": 8, "steps": 2, "lr": 1e-3}),
+        Spec("mvae.build_mvae", mvae.build_mvae,
+             lambda: {"fusion": "poe", "config": mvae.MVAEConfig(hidden=8), "seed": 0, "device": "cpu"}),
+        *[Spec(f"mvae.{name}", fn, lambda: {"model": model, "x": {m: test[m][:4].clone() for m in mods},
+                                            "beta": 1.0, "generator": _g()})
+          for name, fn in (("mvae_loss", mvae.mvae_loss), ("mmvae_loss", mvae.mmvae_loss),
+                           ("mopoe_loss", mvae.mopoe_loss), ("fusion_loss", mvae.fusion_loss))],
+        Spec("mvae.elbo", mvae.elbo,
+             lambda: {"model": model, "x": {m: test[m][:4].clone() for m in mods}, "num_samples": 2,
+                      "generator": _g()}),
+        Spec("mvae.fit_prior", mvae.fit_prior,
+             lambda: {"model": copy.deepcopy(model), "x": {m: test[m][:30].clone() for m in mods}, "components": 3,
+                      "iters": 3, "min_var": 1e-3, "generator": _g()}),
+        Spec("mvae.generate_cross", mvae.generate_cross,
+             lambda: {"model": model, "x": {"text": test["text"][:4].clone()}, "targets": ["image"],
+                      "generator": _g()}),
+        # config held at a tiny one: broken to None it means the chapter's full training (half a minute a call)
+        Spec("mvae.train_mvae",
+             lambda fusion, seed, device, progress: mvae.train_mvae(
+                 fusion, config=mvae.MVAEConfig(hidden=8, steps=2, refit_prior=0), seed=seed, device=device,
+                 progress=progress),
+             lambda: {"fusion": "moe", "seed": 0, "device": "cpu", "progress": False}),
+    ]
+
+
+def _chapter08_specs() -> list[Spec]:
+    """Public functions of notebook 08's module (the joint GAN and its combination with the multimodal VAE). Left out:
+    run_mmgan and mmgan_experiment (whole-experiment runners, a minute a call; their arguments go through fit_mmgan,
+    fit_latent_decoder and the functions below) and the result container FittedMMGAN."""
+    from mmlib import cgan, mmgan, mvae
+    from mmlib.data import load_multimodal_digits
+
+    test = load_multimodal_digits("cpu").test
+    rows = torch.arange(20)
+    triple = {m: test[m][rows].clone() for m in ("image", "text", "audio")}
+    digits = test.label[rows].clone()
+    tiny = {"noise_dim": 4, "hidden": 8, "head_hidden": 8, "text_hidden": 8, "char_dim": 4, "branch": 4}
+    G, D = mmgan.build_mmgan(**tiny, seed=0, device="cpu")
+    vae = mvae.build_mvae("moe", mvae.MVAEConfig(hidden=8, prior_components=3), seed=0, device="cpu")
+    decoder = mmgan.fit_latent_decoder(vae, triple, config=cgan.CGANConfig(steps=2, hidden=8, embed_dim=4,
+                                                                           noise_dim=2), progress=False)
+    game = mmgan.MMGANConfig(steps=2, batch_size=8, **tiny)
+    return [
+        Spec("mmgan.straight_through_argmax", mmgan.straight_through_argmax,
+             lambda: {"logits": _randn(4, 16, 73), "tau": 1.0}),
+        Spec("mmgan.JointGenerator", mmgan.JointGenerator,
+             lambda: {k: v for k, v in tiny.items() if k != "branch"}),
+        Spec("mmgan.JointDiscriminator", mmgan.JointDiscriminator, lambda: {"hidden": 8, "branch": 4, "char_dim": 4}),
+        Spec("JointGenerator.forward", G, lambda: {"z": _randn(6, 4), "y": torch.arange(6) % 10}),
+        Spec("mmgan.build_mmgan", mmgan.build_mmgan, lambda: dict(tiny, seed=0, device="cpu")),
+        Spec("mmgan.as_discriminator_input", mmgan.as_discriminator_input, lambda: {"x": dict(triple)}),
+        Spec("mmgan.shuffle_modality", mmgan.shuffle_modality,
+             lambda: {"x": dict(triple), "modality": "text", "shift": 1}),
+        Spec("mmgan.MMGANConfig", mmgan.MMGANConfig, lambda: {"steps": 2, "batch_size": 8, "lr": 1e-3, **tiny}),
+        Spec("mmgan.fit_mmgan", mmgan.fit_mmgan,
+             lambda: {"data": dict(triple), "labels": digits.clone(), "config": game, "seed": 0, "device": "cpu",
+                      "progress": False}),
+        Spec("mmgan.generate_joint", mmgan.generate_joint, lambda: {"generator": G, "n": 4, "seed": 0}),
+        Spec("mmgan.discriminator_scores", mmgan.discriminator_scores,
+             lambda: {"discriminator": D, "x": dict(triple), "y": digits.clone()}),
+        Spec("mmgan.generate_combined", mmgan.generate_combined,
+             lambda: {"vae": vae, "decoder": decoder, "n": 4, "seed": 0}),
+        Spec("mmgan.generate_combined_cross", mmgan.generate_combined_cross,
+             lambda: {"vae": vae, "decoder": decoder, "source": "text", "x": triple["text"][:4].clone(), "seed": 0}),
     ]
 
 

@@ -259,3 +259,28 @@ def test_one_cpu_thread_restores_the_thread_count():
     with pytest.raises(RuntimeError), one_cpu_thread("cpu"):
         raise RuntimeError("the body fails")
     assert torch.get_num_threads() == before, "restored even when the body raises"
+
+
+def test_loss_step_autocast_and_compile_are_opt_in(monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x = torch.randn(8, 4)
+    seen = {}
+
+    def loss_fn(batch):
+        out = model(batch)
+        seen["dtype"] = out.dtype
+        return out.float().pow(2).mean()
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train.loss_step(loss_fn, opt)(x)
+    assert seen["dtype"] == torch.float32, "off by default"
+    train.loss_step(loss_fn, opt, autocast=True)(x)
+    assert seen["dtype"] == torch.bfloat16, "autocast computes the forward pass in bfloat16"
+    assert model.weight.dtype == torch.float32, "the weights stay in float32"
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn) or fn)
+    train.loss_step(loss_fn, opt, compile=True)(x)
+    assert compiled == [loss_fn], "compile=True passes the loss through torch.compile once"
+    with pytest.raises(TypeError, match="autocast"):
+        train.loss_step(loss_fn, opt, autocast="yes")
