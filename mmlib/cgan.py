@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mmlib.checks import (
+    check_betas,
     check_choice,
     check_generator,
     check_indices,
@@ -450,9 +451,7 @@ class GameConfig:
         check_int(self.steps, "steps", low=1)
         check_int(self.batch_size, "batch_size", low=2)
         check_positive(self.lr, "lr")
-        pair = isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
-        if not pair or any(check_probability(b, "betas") >= 1 for b in self.betas):
-            raise ValueError(f"betas: expected two numbers in [0, 1), got {self.betas!r}")
+        check_betas(self.betas)
         check_positive(self.r1_weight, "r1_weight", allow_zero=True)
         check_int(self.r1_every, "r1_every", low=1)
         if not isinstance(self.mismatch, bool):

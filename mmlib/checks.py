@@ -16,6 +16,7 @@ __all__ = [
     "check_positive",
     "check_int",
     "check_probability",
+    "check_betas",
     "check_same_length",
     "check_choice",
     "check_generator",
@@ -112,6 +113,16 @@ def check_probability(x: object, name: str, *, open_interval: bool = False) -> f
         interval = "(0, 1)" if open_interval else "[0, 1]"
         raise ValueError(f"{name}: expected a number in {interval}, got {x}")
     return x
+
+
+def check_betas(betas: object, name: str = "betas") -> tuple[float, float]:
+    """Adam's ``(beta1, beta2)``: two numbers in [0, 1)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{name}: expected a tuple of two numbers (beta1, beta2) in [0, 1), got {betas!r}")
+    out = tuple(check_probability(b, f"{name}[{i}]") for i, b in enumerate(betas))
+    if max(out) == 1.0:
+        raise ValueError(f"{name}: expected two numbers in [0, 1), got {betas!r}")
+    return out  # type: ignore[return-value]
 
 
 def check_same_length(tensors: dict[str, torch.Tensor]) -> int:

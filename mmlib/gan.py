@@ -37,7 +37,15 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from mmlib.checks import check_choice, check_generator, check_int, check_positive, check_probability, check_tensor
+from mmlib.checks import (
+    check_betas,
+    check_choice,
+    check_generator,
+    check_int,
+    check_positive,
+    check_probability,
+    check_tensor,
+)
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import Result, register
@@ -440,11 +448,7 @@ class GANConfig:
         if self.batch_size % self.pack:
             raise ValueError(f"batch_size: expected a multiple of pack={self.pack}, got {self.batch_size}")
         check_positive(self.lr, "lr")
-        if not isinstance(self.betas, tuple) or len(self.betas) != 2:
-            raise ValueError(f"betas: expected a tuple of two numbers (beta1, beta2), got {self.betas!r}")
-        for i, beta in enumerate(self.betas):
-            if check_probability(beta, f"betas[{i}]") == 1.0:
-                raise ValueError(f"betas[{i}]: expected a number in [0, 1), got 1.0")
+        check_betas(self.betas)
         check_probability(self.final_fraction, "final_fraction")
         check_probability(self.lr_drop, "lr_drop")
         check_probability(self.d_lr_drop, "d_lr_drop")

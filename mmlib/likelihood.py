@@ -196,13 +196,7 @@ def fit_gaussian_gradient(
 
     optimizer = make_optimizer([mean, raw], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    update = loss_step(negative_log_likelihood, optimizer)
-
-    def step(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        losses = update(batch)
-        schedule.step()
-        return losses
-
+    step = loss_step(negative_log_likelihood, optimizer, scheduler=schedule)
     history = train(step, x, steps=steps, batch_size=None, log_every=log_every, desc="Gaussian MLE (gradient)",
                     progress=progress)
     with torch.no_grad():

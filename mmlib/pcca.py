@@ -27,6 +27,7 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from mmlib.checks import check_int, check_positive, check_tensor
+from mmlib.data import LinearGaussianParams
 from mmlib.device import resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import Result, register
@@ -58,32 +59,12 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PCCAParams:
+@dataclass(frozen=True)
+class PCCAParams(LinearGaussianParams):
     """Parameters of the shared-latent linear-Gaussian model: per view ``W[j]`` ``(d_j, k)``, ``mu[j]`` ``(d_j,)``,
-    ``Psi[j]`` ``(d_j, d_j)``. ``k = 0`` (``W[j]`` with no columns) is the model of independent Gaussian views."""
-
-    W: list[torch.Tensor]
-    mu: list[torch.Tensor]
-    Psi: list[torch.Tensor]
-
-    @property
-    def latent_dim(self) -> int:
-        return int(self.W[0].shape[1])
-
-    @property
-    def view_dims(self) -> list[int]:
-        return [int(w.shape[0]) for w in self.W]
-
-    def mean(self) -> torch.Tensor:
-        """The joint mean ``[mu_1; mu_2; ...]``."""
-        return torch.cat(self.mu)
-
-    def covariance(self) -> torch.Tensor:
-        """The joint covariance ``W W^T + blockdiag(Psi_1, Psi_2, ...)``; block ``(i, j)``, ``i != j``, is
-        ``W_i W_j^T``."""
-        W = torch.cat(self.W, dim=0)
-        return W @ W.T + torch.block_diag(*self.Psi)
+    ``Psi[j]`` ``(d_j, d_j)``. ``k = 0`` (``W[j]`` with no columns) is the model of independent Gaussian views.
+    The fields, ``latent_dim``, ``view_dims``, the joint ``mean()`` and ``covariance()`` are those of the data
+    generator's :class:`mmlib.data.LinearGaussianParams` — the model is the one that made the data."""
 
     def arrays(self, prefix: str) -> dict[str, torch.Tensor]:
         """``{prefix}W1``, ``{prefix}mu1``, ``{prefix}Psi1``, ... (views numbered from 1), for ``arrays.npz``."""
@@ -390,13 +371,7 @@ def fit_pcca_gradient(
 
     optimizer = make_optimizer([mu, w, *raws], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    update = loss_step(negative_log_likelihood, optimizer)
-
-    def step(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        losses = update(batch)
-        schedule.step()
-        return losses
-
+    step = loss_step(negative_log_likelihood, optimizer, scheduler=schedule)
     history = train(step, y, steps=steps, batch_size=None, log_every=log_every, desc="PCCA (gradient)",
                     progress=progress)
     blocks = _blocks(dims)

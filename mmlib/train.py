@@ -79,10 +79,12 @@ def loss_step(
     loss_fn: Callable[..., torch.Tensor],
     optimizer: torch.optim.Optimizer,
     *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     autocast: bool = False,
     compile: bool = False,  # noqa: A002  (the name torch uses)
 ) -> Step:
     """The usual step: zero the gradients, ``loss = loss_fn(*batch)``, backpropagate, update; returns ``{"loss"}``.
+    A learning-rate ``scheduler`` (of ``optimizer``) is stepped after every update.
 
     Two opt-in accelerations for a GPU, both off by default (on the CPU the course's minute-long runs would spend more
     time compiling than they save, and CPUs gain little from bfloat16): ``autocast`` computes the loss under
@@ -93,6 +95,9 @@ def loss_step(
         raise TypeError(f"loss_fn: expected a function of the batch, got {type(loss_fn).__name__}")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+        raise TypeError(f"scheduler: expected a torch.optim.lr_scheduler scheduler or None, "
+                        f"got {type(scheduler).__name__}")
     for name, flag in (("autocast", autocast), ("compile", compile)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name}: expected True or False, got {flag!r}")
@@ -107,6 +112,8 @@ def loss_step(
             loss = fn(*batch)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         return {"loss": loss.detach()}
 
     return step
