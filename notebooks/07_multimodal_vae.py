@@ -592,7 +592,7 @@ for s, acc in probe.items():
     print(f"{' + '.join(s):<22} {acc:.3f}")
 
 # %%
-assert all(acc > 0.8 for acc in probe.values()), "every subset of modalities places the digit in the latent (> 80 %)"
+assert all(acc > 0.85 for acc in probe.values()), "every subset of modalities places the digit in the latent (> 85 %)"
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4 · Evaluate: cross-modal retrieval in the shared latent space
