@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from mmlib.checks import check_int, check_tensor
 from mmlib.device import describe_device, resolve_device
 from mmlib.train import loss_step, make_optimizer, train
 
@@ -53,6 +54,8 @@ class ExamplesVAE(nn.Module):
 
 def vae_flops_per_sample(x_dim: int = 784, hidden: int = 400, z_dim: int = 20) -> float:
     """Training FLOPs per sample of :class:`ExamplesVAE`: 3 × (2 × multiply-adds of the forward matmuls)."""
+    x_dim, hidden, z_dim = (check_int(x_dim, "x_dim", low=1), check_int(hidden, "hidden", low=1),
+                            check_int(z_dim, "z_dim", low=1))
     macs = x_dim * hidden + 2 * hidden * z_dim + z_dim * hidden + hidden * x_dim
     return 3.0 * 2.0 * macs
 
@@ -66,6 +69,9 @@ def _sync(device: torch.device) -> None:
 
 def matmul_peak_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
     """The best GFLOP/s of an ``n × n`` fp32 matmul over ``repeats`` timed runs (after a warm-up)."""
+    device = resolve_device(device)
+    n = check_int(n, "n", low=1)
+    repeats = check_int(repeats, "repeats", low=1)
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     a @ b
@@ -79,8 +85,20 @@ def matmul_peak_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -
     return 2.0 * n**3 / best / 1e9
 
 
+def _check_throughput_args(data: object, batch_size: object, steps: object, seed: object):
+    """Pixel rows ``(N, 784)`` in [0, 1], a batch size ``<= N``, a step count and a seed."""
+    data = check_tensor(data, "data", ndim=2, floating=True)
+    if data.shape[1] != 784 or data.shape[0] == 0:
+        raise ValueError(f"data: expected rows of 784 pixel values, shape (N, 784), got {tuple(data.shape)}")
+    if float(data.min()) < 0 or float(data.max()) > 1:
+        raise ValueError("data: expected pixel values in [0, 1] (the VAE's Bernoulli likelihood)")
+    batch_size = check_int(batch_size, "batch_size", low=1, high=data.shape[0])
+    return data, batch_size, check_int(steps, "steps", low=1), check_int(seed, "seed", low=0)
+
+
 def trainer_throughput(data: torch.Tensor, batch_size: int, steps: int, seed: int = 0) -> float:
     """Samples per second of :func:`mmlib.train.train` on :class:`ExamplesVAE` (after a short warm-up)."""
+    data, batch_size, steps, seed = _check_throughput_args(data, batch_size, steps, seed)
     torch.manual_seed(seed)
     model = ExamplesVAE().to(data.device)
     step = loss_step(model.loss, make_optimizer(model.parameters(), lr=1e-3))
@@ -96,6 +114,7 @@ def reference_throughput(data: torch.Tensor, batch_size: int, steps: int, seed: 
     """Samples per second of the conventional loop: DataLoader + shuffling + ``.item()`` every step."""
     from torch.utils.data import DataLoader, TensorDataset
 
+    data, batch_size, steps, seed = _check_throughput_args(data, batch_size, steps, seed)
     torch.manual_seed(seed)
     model = ExamplesVAE().to(data.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from mmlib.checks import check_path
+from mmlib.device import resolve_device
+
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes"]
 
 
@@ -16,7 +19,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
     An interrupted write leaves either the old file or the new one, never half of one.
     """
-    path = Path(path)
+    path = check_path(path, "path")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data: expected bytes, got {type(data).__name__}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -32,8 +37,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def save_checkpoint(path: str | Path, **state: dict) -> Path:
     """Save named state dicts (``model=net.state_dict(), optimizer=opt.state_dict()``) to ``path`` atomically."""
-    if not isinstance(path, (str, Path)):
-        raise TypeError(f"path: expected a file path (str or pathlib.Path), got {type(path).__name__}")
+    path = check_path(path, "path")
     if not state:
         raise ValueError("state: expected at least one named state dict, e.g. save_checkpoint(path, model=...)")
     for name, value in state.items():
@@ -49,9 +53,8 @@ def save_checkpoint(path: str | Path, **state: dict) -> Path:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, dict]:
     """Load what :func:`save_checkpoint` wrote, with ``weights_only=True`` (no arbitrary code runs)."""
-    if not isinstance(path, (str, Path)):
-        raise TypeError(f"path: expected a file path (str or pathlib.Path), got {type(path).__name__}")
-    path = Path(path)
+    path = check_path(path, "path")
     if not path.is_file():
         raise ValueError(f"path: no checkpoint file at {path}")
+    map_location = None if map_location is None else resolve_device(map_location, name="map_location")
     return torch.load(path, map_location=map_location, weights_only=True)

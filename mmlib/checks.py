@@ -6,7 +6,9 @@ trace from deep inside torch or numpy.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +16,9 @@ import torch
 __all__ = [
     "check_tensor",
     "check_positive",
+    "check_real",
+    "check_path",
+    "check_folder",
     "check_int",
     "check_probability",
     "check_betas",
@@ -104,6 +109,32 @@ def check_positive(x: object, name: str, *, allow_zero: bool = False) -> float:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name}: expected a finite number {bound}, got {x}")
     return x
+
+
+def check_path(x: object, name: str) -> Path:
+    """A file or folder path: a non-empty ``str`` or an ``os.PathLike``."""
+    if isinstance(x, str) and x:
+        return Path(x)
+    if isinstance(x, os.PathLike):
+        return Path(x)
+    raise TypeError(f"{name}: expected a file path (a non-empty str or pathlib.Path), got {x!r}")
+
+
+def check_folder(x: object, name: str) -> Path:
+    """A folder path (created later if missing) that is not an existing file."""
+    path = check_path(x, name)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name}: {path} is a file; expected a folder to write into")
+    return path
+
+
+def check_real(x: object, name: str) -> float:
+    """A finite real number of any sign."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {type(x).__name__}")
+    if not np.isfinite(float(x)):
+        raise ValueError(f"{name}: expected a finite number, got {x}")
+    return float(x)
 
 
 def check_probability(x: object, name: str, *, open_interval: bool = False) -> float:

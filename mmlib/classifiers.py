@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmlib.checks import check_choice, check_int, check_tensor
+from mmlib.checks import check_choice, check_folder, check_int, check_tensor
 from mmlib.data import (
     AUDIO_BINS,
     AUDIO_FRAMES,
@@ -343,13 +343,16 @@ def save_classifiers(models: dict[str, Classifier], folder: str | Path) -> dict[
     ``CLASSIFIER_SHA256`` and ``data/README.md`` when the committed weights are replaced on purpose)."""
     from mmlib.checkpoint import atomic_write_bytes
 
+    if not isinstance(models, dict) or not models:
+        raise TypeError(f"models: expected a non-empty dict {{modality: Classifier}}, got {models!r:.80}")
+    folder = check_folder(folder, "folder")
     digests = {}
     for modality, model in models.items():
         check_choice(modality, "models", MODALITIES)
         if not isinstance(model, Classifier):
             raise TypeError(f"models[{modality!r}]: expected a Classifier, got {type(model).__name__}")
         raw = _state_bytes(model)
-        atomic_write_bytes(Path(folder) / f"{modality}.pt", raw)
+        atomic_write_bytes(folder / f"{modality}.pt", raw)
         digests[modality] = hashlib.sha256(raw).hexdigest()
     return digests
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmlib.checks import check_choice, check_int, check_positive, check_tensor
+from mmlib.checks import check_choice, check_int, check_path, check_positive, check_tensor
 from mmlib.device import resolve_device
 from mmlib.experiments import Result, register
 
@@ -262,6 +262,9 @@ def read_verified(path: Path, sha256: str) -> bytes:
 
     The course never downloads data: a damaged file is restored from git, not fetched again.
     """
+    path = check_path(path, "path")
+    if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"sha256: expected 64 lower-case hex digits, got {sha256!r}")
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: the course's data file is missing. It ships with the repository: restore it with "
@@ -835,6 +838,8 @@ def audio_waveform(split: str, index: int) -> np.ndarray:
 def export_arrays(dataset: MultimodalDigits | None = None) -> dict[str, np.ndarray]:
     """The whole dataset as NumPy arrays named ``<split>_<modality>``, ``<split>_label`` and
     ``<split>_style_<factor>`` (the layout of ``python -m mmlib run data``; COURSE.md, "Experiments")."""
+    if dataset is not None and not isinstance(dataset, MultimodalDigits):
+        raise TypeError(f"dataset: expected None or load_multimodal_digits(...), got {type(dataset).__name__}")
     ds = load_multimodal_digits("cpu") if dataset is None else dataset
     arrays: dict[str, np.ndarray] = {}
     for name in SPLITS:

@@ -55,8 +55,9 @@ def resolve_device(device: str | torch.device | None, name: str = "device") -> t
     return get_device() if device is None else get_device(device, name=name)
 
 
-def describe_device(device: torch.device) -> str:
+def describe_device(device: torch.device | str) -> str:
     """A one-line human description: the GPU's name, or the CPU's thread count."""
+    device = resolve_device(device)
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     if device.type == "mps":

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mmlib.checkpoint import atomic_write_bytes
+from mmlib.checks import check_folder
 
 __all__ = ["Result", "Experiment", "register", "get_experiment", "list_experiments", "run_experiment", "write_result"]
 
@@ -109,7 +110,9 @@ def _to_numpy(name: str, value: object) -> np.ndarray:
 
 def write_result(result: Result, out: str | Path) -> tuple[Path, Path]:
     """Write ``metrics.json`` and ``arrays.npz`` into the folder ``out`` (created if needed), atomically."""
-    out = Path(out)
+    if not isinstance(result, Result):
+        raise TypeError(f"result: expected an mmlib.experiments.Result, got {type(result).__name__}")
+    out = check_folder(out, "out")
     metrics: dict[str, Number | str] = {}
     for key, value in result.metrics.items():
         if isinstance(value, (np.generic, torch.Tensor)):
@@ -136,6 +139,7 @@ def run_experiment(
     from mmlib.seed import seed_everything
 
     experiment = get_experiment(name)
+    out = None if out is None else check_folder(out, "out")
     seed_everything(seed)
     start = time.perf_counter()
     result = experiment.fn(seed=seed, device=resolve_device(device))

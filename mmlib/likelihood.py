@@ -66,6 +66,7 @@ DEFAULT_COMPONENTS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
 
 def compute_dtype(device: torch.device) -> torch.dtype:
     """float64 where the device supports it (CPU, CUDA), float32 on Apple's MPS (which has no float64)."""
+    device = resolve_device(device)
     return torch.float32 if device.type == "mps" else torch.float64
 
 
@@ -152,7 +153,13 @@ def gaussian_average_log_likelihood(
     + (xbar - mean)^T Sigma^{-1} (xbar - mean)]`` with ``xbar = x_mean`` and ``S = x_cov`` (divided by m).
     The data enter only through ``xbar`` and ``S``, so one evaluation costs a D x D computation, whatever m.
     """
+    mean = check_tensor(mean, "mean", ndim=1, floating=True)
     d = mean.shape[0]
+    if d == 0:
+        raise ValueError("mean: expected at least one dimension, got shape (0,)")
+    scale_tril = check_tensor(scale_tril, "scale_tril", shape=(d, d), floating=True)
+    x_mean = check_tensor(x_mean, "x_mean", shape=(d,), floating=True)
+    x_cov = check_tensor(x_cov, "x_cov", shape=(d, d), floating=True)
     diff = (x_mean - mean)[:, None]
     trace = torch.cholesky_solve(x_cov, scale_tril).diagonal().sum()
     quad = (diff * torch.cholesky_solve(diff, scale_tril)).sum()
@@ -236,6 +243,9 @@ def discretized_gaussian_log_prob(
     if bool((levels < 0).any()) or bool((levels >= num_levels).any()):
         raise ValueError(f"levels: expected integers in 0..{num_levels - 1}")
     dtype = compute_dtype(levels.device)
+    for value, name in ((mean, "mean"), (std, "std")):
+        if isinstance(value, bool) or not isinstance(value, (torch.Tensor, int, float)):
+            raise TypeError(f"{name}: expected a number or a tensor, got {type(value).__name__}")
     mean = torch.as_tensor(mean, device=levels.device, dtype=dtype)
     std = torch.as_tensor(std, device=levels.device, dtype=dtype)
     check_tensor(mean, "mean", floating=True)
@@ -263,7 +273,10 @@ def bce_log_score(levels: torch.Tensor, p: torch.Tensor, num_levels: int = NUM_L
     """
     num_levels = check_int(num_levels, "num_levels", low=2)
     levels = check_tensor(levels, "levels", ndim=2, integer=True)
-    p = check_tensor(p, "p", shape=(levels.shape[1],), floating=True)
+    p = check_tensor(p, "p", ndim=1, floating=True)
+    if p.shape[0] != levels.shape[1]:
+        raise ValueError(f"levels, p: expected one Bernoulli mean per pixel of levels ({levels.shape[1]} pixels), "
+                         f"got {p.shape[0]}")
     if bool((p <= 0).any()) or bool((p >= 1).any()):
         raise ValueError("p: expected Bernoulli means strictly inside (0, 1)")
     t = levels.to(p.dtype) / (num_levels - 1)

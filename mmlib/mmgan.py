@@ -49,7 +49,15 @@ from mmlib.cgan import (
     generator_loss,
     mlp,
 )
-from mmlib.checks import check_choice, check_indices, check_int, check_positive, check_probability, check_tensor
+from mmlib.checks import (
+    check_choice,
+    check_generator,
+    check_indices,
+    check_int,
+    check_positive,
+    check_probability,
+    check_tensor,
+)
 from mmlib.data import MODALITIES, TEXT_LENGTH, TEXT_VOCAB
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
@@ -273,6 +281,12 @@ def mmgan_step(
     """
     if not isinstance(generator, JointGenerator) or not isinstance(discriminator, JointDiscriminator):
         raise TypeError("generator, discriminator: expected a JointGenerator and a JointDiscriminator")
+    for opt, opt_name in ((g_optimizer, "g_optimizer"), (d_optimizer, "d_optimizer")):
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"{opt_name}: expected a torch.optim.Optimizer, got {type(opt).__name__}")
+    if ema is not None and not isinstance(ema, JointGenerator):
+        raise TypeError(f"ema: expected None or a JointGenerator (a copy of generator), got {type(ema).__name__}")
+    noise = check_generator(noise, "noise")
     r1_weight = check_positive(r1_weight, "r1_weight", allow_zero=True)
     ema_decay = check_probability(ema_decay, "ema_decay")
     r1_every = check_int(r1_every, "r1_every", low=1)
@@ -283,6 +297,13 @@ def mmgan_step(
     def step(
         image: torch.Tensor, text: torch.Tensor, audio: torch.Tensor, label: torch.Tensor
     ) -> dict[str, torch.Tensor]:
+        # shapes and dtypes every step; the id ranges only on the CPU (check_indices), no host sync on a GPU
+        batch = _check_triple({"image": image, "text": text, "audio": audio}, "batch", values=False)
+        image, text, audio = batch["image"], batch["text"], batch["audio"]
+        if text.is_floating_point():
+            raise TypeError("batch['text']: expected token ids (N, TEXT_LENGTH), got floats")
+        check_indices(text, "batch['text']", _VOCAB)
+        label = check_indices(label, "label", NUM_DIGITS, shape=(image.shape[0],))
         with_r1 = r1_weight > 0 and counter["step"] % r1_every == 0
         z, y = generator.draw_noise(image.shape[0], noise)
         fake = generator(z, y)

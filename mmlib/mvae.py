@@ -32,6 +32,8 @@ from torch import nn
 from torch.distributions import Binomial, Independent
 
 from mmlib.checks import check_choice, check_generator, check_indices, check_int, check_positive, check_tensor
+from mmlib.classifiers import Classifier
+from mmlib.data import MultimodalDigits, Split
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import Result, register
@@ -91,6 +93,13 @@ NUM_JOINT_SAMPLES: int = 1000
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _check_shape(shape: object, name: str = "shape") -> tuple[int, ...]:
+    """The shape of one example: a non-empty tuple of positive ints."""
+    if not isinstance(shape, (tuple, list, torch.Size)) or not shape:
+        raise TypeError(f"{name}: expected a non-empty tuple of sizes, for example (1, 8, 8), got {shape!r}")
+    return tuple(check_int(s, name, low=1) for s in shape)
+
+
 class BinomialLevels(nn.Module):
     """Image likelihood: a pixel's grey level ``k = 16 x`` in ``0..16`` is ``Binomial(16, sigmoid(logit))``.
 
@@ -101,7 +110,7 @@ class BinomialLevels(nn.Module):
 
     def __init__(self, shape: Sequence[int] = (1, 8, 8), levels: int = 16) -> None:
         super().__init__()
-        self.shape = tuple(shape)
+        self.shape = _check_shape(shape)
         self.levels = check_int(levels, "levels", low=1)
         self.out_features = math.prod(self.shape)
 
@@ -173,7 +182,7 @@ class GaussianSpectrogram(nn.Module):
 
     def __init__(self, shape: Sequence[int], min_scale: float = 0.02) -> None:
         super().__init__()
-        self.shape = tuple(shape)
+        self.shape = _check_shape(shape)
         self.out_features = math.prod(self.shape)
         self.min_scale = check_positive(min_scale, "min_scale")
         self.log_scale = nn.Parameter(torch.tensor(math.log(0.1)))
@@ -384,7 +393,8 @@ class MultimodalVAE(nn.Module):
 
     def __init__(self, modalities: Sequence[Modality], latent_dim: int, fusion: str, prior_components: int = 0) -> None:
         super().__init__()
-        if not modalities or not all(isinstance(m, Modality) for m in modalities):
+        if not isinstance(modalities, Sequence) or not modalities or not all(isinstance(m, Modality)
+                                                                             for m in modalities):
             raise TypeError("modalities: expected a non-empty list of Modality objects")
         names = [m.name for m in modalities]
         if len(set(names)) != len(names):
@@ -503,6 +513,31 @@ def _check_model(model: object) -> MultimodalVAE:
     if not isinstance(model, MultimodalVAE):
         raise TypeError(f"model: expected a MultimodalVAE, got {type(model).__name__}")
     return model
+
+
+def _check_dataset(ds: object, name: str = "ds") -> MultimodalDigits:
+    if not isinstance(ds, MultimodalDigits):
+        raise TypeError(f"{name}: expected the multimodal digits, mmlib.data.load_multimodal_digits(device), "
+                        f"got {type(ds).__name__}")
+    return ds
+
+
+def _check_split(split: object, name: str = "split") -> Split:
+    if not isinstance(split, Split):
+        raise TypeError(f"{name}: expected one split of the multimodal digits (for example ds.test), "
+                        f"got {type(split).__name__}")
+    return split
+
+
+def _check_modalities(names: object, name: str, known: Sequence[str]) -> tuple[str, ...]:
+    """A non-empty list of distinct modality names out of ``known``."""
+    if isinstance(names, str) or not isinstance(names, Sequence) or len(names) == 0:
+        raise TypeError(f"{name}: expected a non-empty list of modality names out of {list(known)}, got {names!r}")
+    for m in names:
+        check_choice(m, name, known)
+    if len(set(names)) != len(names):
+        raise ValueError(f"{name}: expected distinct modality names, got {list(names)}")
+    return tuple(names)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -849,7 +884,8 @@ def latent_probe_accuracy(model: MultimodalVAE, ds, *, source: Sequence[str] | N
     from mmlib.metrics import linear_probe_accuracy as probe
 
     model = _check_model(model)
-    names = model.names if source is None else tuple(source)
+    ds = _check_dataset(ds)
+    names = model.names if source is None else _check_modalities(source, "source", model.names)
     z_train = posterior_means(model, {m: ds.train[m] for m in names})
     z_test = posterior_means(model, {m: ds.test[m] for m in names})
     return probe(z_train, ds.train.label, z_test, ds.test.label)
@@ -880,8 +916,12 @@ def retrieval_precision(
     (posterior mean), queries the ``target`` samples of ``split``, encoded alone; precision at each ``k`` for the
     digit (:func:`precision_at_k`)."""
     model = _check_model(model)
+    split = _check_split(split)
     source = check_choice(source, "source", model.names)
     target = check_choice(target, "target", model.names)
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence) or len(ks) == 0:
+        raise TypeError(f"ks: expected a non-empty list of ranks k, got {ks!r}")
+    ks = [check_int(k, "ks", low=1, high=len(split)) for k in ks]
     query = posterior_means(model, {source: split[source]})
     gallery = posterior_means(model, {target: split[target]})
     return {k: precision_at_k(query, gallery, split.label, split.label, k) for k in ks}
@@ -932,6 +972,7 @@ def evaluate_generation(
     from mmlib.metrics import cross_coherence, frechet_distance, joint_coherence
 
     split = check_choice(split, "split", ("train", "val", "test"))
+    ds = _check_dataset(ds)
     if not isinstance(joint_samples, Mapping) or len(joint_samples) < 2:
         raise TypeError("joint_samples: expected a dict {modality: samples} with at least two modalities")
     if not isinstance(classifiers, Mapping):
@@ -939,6 +980,10 @@ def evaluate_generation(
     missing = [m for m in joint_samples if m not in classifiers]
     if missing:
         raise ValueError(f"classifiers: no classifier for the modalities {missing}")
+    for m, classifier in classifiers.items():
+        if not isinstance(classifier, Classifier):
+            raise TypeError(f"classifiers[{m!r}]: expected an mmlib.classifiers.Classifier, "
+                            f"got {type(classifier).__name__}")
     reference = ds.split(split)
     half = (len(reference) + 1) // 2
     for m, samples in joint_samples.items():
@@ -991,6 +1036,7 @@ def evaluate_mvae(
     from mmlib.seed import make_generator
 
     model = _check_model(model)
+    ds = _check_dataset(ds)
     seed = check_int(seed, "seed", low=0)
     generator = make_generator(seed, model.device)
     test = ds.test

@@ -214,6 +214,8 @@ def implied_canonical_correlations(params: object, pair: tuple[int, int] = (0, 1
 
     A model with latent dimension ``k`` implies at most ``k`` non-zero ones (rank of ``W_1 W_2^T``)."""
     params = as_params(params)
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise TypeError(f"pair: expected two view indices (i, j), got {pair!r}")
     i, j = (check_int(p, "pair", low=0, high=len(params.W) - 1) for p in pair)
     if i == j:
         raise ValueError(f"pair: expected two different views, got {pair}")

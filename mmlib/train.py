@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from mmlib.checks import check_int, check_positive, check_tensor
+from mmlib.checks import check_generator, check_int, check_positive, check_tensor
 
 __all__ = ["History", "TrainingDiverged", "train", "loss_step", "make_optimizer", "minibatches"]
 
@@ -119,13 +119,45 @@ def loss_step(
     return step
 
 
+def _check_batches(
+    tensors: object, batch_size: object, steps: object, *, finite: bool = False
+) -> tuple[tuple[torch.Tensor, ...], int | None, int]:
+    """Row-aligned ``tensors`` on one device (one tensor or a sequence), ``batch_size`` (None or >= 1), ``steps``."""
+    if not isinstance(tensors, (torch.Tensor, list, tuple)):
+        raise TypeError(f"tensors: expected a tensor or a sequence of tensors, got {type(tensors).__name__}")
+    tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+    if not tensors:
+        raise ValueError("tensors: expected at least one tensor to train on")
+    for i, t in enumerate(tensors):
+        check_tensor(t, f"tensors[{i}]", finite=finite)
+    n = int(tensors[0].shape[0])
+    for i, t in enumerate(tensors):
+        if t.shape[0] != n:
+            raise ValueError(f"tensors[{i}]: expected {n} rows like tensors[0], got {t.shape[0]}")
+        if t.device != tensors[0].device:
+            raise ValueError(f"tensors[{i}]: on {t.device}, but tensors[0] is on {tensors[0].device}")
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", low=1)
+    return tensors, batch_size, check_int(steps, "steps", low=1)
+
+
 def minibatches(
     tensors: Sequence[torch.Tensor], batch_size: int | None, steps: int, generator: torch.Generator | None = None
-):
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """Yield ``steps`` minibatches (tuples of row-aligned slices), reshuffling on the device every epoch.
 
     ``batch_size=None`` (or ≥ the number of rows) yields the full tensors every step.
     """
+    tensors, batch_size, steps = _check_batches(tensors, batch_size, steps)
+    generator = check_generator(generator, "generator")
+    if generator is not None and generator.device != tensors[0].device:
+        raise ValueError(f"generator: on {generator.device}, but the tensors are on {tensors[0].device}")
+    return _minibatches(tensors, batch_size, steps, generator)
+
+
+def _minibatches(
+    tensors: tuple[torch.Tensor, ...], batch_size: int | None, steps: int, generator: torch.Generator | None
+) -> Iterator[tuple[torch.Tensor, ...]]:
     n = int(tensors[0].shape[0])
     if batch_size is None or batch_size >= n:
         for _ in range(steps):
@@ -179,23 +211,8 @@ def train(
     """
     if not callable(step):
         raise TypeError(f"step: expected a function step(*batch) -> dict of losses, got {type(step).__name__}")
-    if not isinstance(tensors, (torch.Tensor, list, tuple)):
-        raise TypeError(f"tensors: expected a tensor or a sequence of tensors, got {type(tensors).__name__}")
-    tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
-    if not tensors:
-        raise ValueError("tensors: expected at least one tensor to train on")
-    for i, t in enumerate(tensors):
-        check_tensor(t, f"tensors[{i}]", finite=True)
-    n = int(tensors[0].shape[0])
-    for i, t in enumerate(tensors):
-        if t.shape[0] != n:
-            raise ValueError(f"tensors[{i}]: expected {n} rows like tensors[0], got {t.shape[0]}")
-        if t.device != tensors[0].device:
-            raise ValueError(f"tensors[{i}]: on {t.device}, but tensors[0] is on {tensors[0].device}")
-    steps = check_int(steps, "steps", low=1)
+    tensors, batch_size, steps = _check_batches(tensors, batch_size, steps, finite=True)
     log_every = check_int(log_every, "log_every", low=1)
-    if batch_size is not None:
-        batch_size = check_int(batch_size, "batch_size", low=1)
     if (checkpoint_path is None) != (checkpoint_state is None):
         raise ValueError("checkpoint_path, checkpoint_state: give both (where to save, and what) or neither")
 

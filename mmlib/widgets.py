@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
+from mmlib.checks import check_real
+
 __all__ = ["slider_plot", "make_slider"]
 
 SliderSpec = tuple[float, float, float, float]  # (min, max, step, value)
@@ -18,13 +20,17 @@ SliderSpec = tuple[float, float, float, float]  # (min, max, step, value)
 
 def make_slider(name: str, spec: SliderSpec | widgets.Widget) -> widgets.Widget:
     """A ``FloatSlider`` (or ``IntSlider`` when every number is an int) from ``(min, max, step, value)``."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise TypeError(f"name: expected a Python identifier (the keyword passed to draw), got {name!r}")
     if isinstance(spec, widgets.Widget):
         return spec
     if not isinstance(spec, tuple) or len(spec) != 4:
-        raise ValueError(f"{name}: expected a (min, max, step, value) tuple or an ipywidgets slider, got {spec!r}")
-    low, high, step, value = spec
+        raise ValueError(f"spec of slider {name!r}: expected a (min, max, step, value) tuple or an ipywidgets slider, "
+                         f"got {spec!r}")
+    low, high, step, value = (check_real(v, f"spec of slider {name!r}") for v in spec)
+    spec = tuple(v if isinstance(v, int) else float(v) for v in spec)
     if not low <= value <= high or step <= 0:
-        raise ValueError(f"{name}: expected min <= value <= max and step > 0, got {spec!r}")
+        raise ValueError(f"spec of slider {name!r}: expected min <= value <= max and step > 0, got {spec!r}")
     style = {"description_width": "initial"}
     layout = widgets.Layout(width="420px")
     if all(isinstance(v, int) and not isinstance(v, bool) for v in spec):

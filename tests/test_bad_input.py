@@ -101,7 +101,134 @@ def _specs() -> list[Spec]:
         Spec("Classifier.predict[text]", clf["text"].predict, lambda: {"x": ds.test["text"][:8].clone()}),
     ]
     specs += _chapter_specs()
+    specs += _more_core_specs()
     return specs
+
+
+def _more_core_specs() -> list[Spec]:
+    """The rest of the core modules' public functions. Left out, and why: functions without arguments
+    (data.data_dir, experiments.list_experiments); the notebook runners course.build_notebooks,
+    course.execute_notebook and bench.notebook_times (each starts Jupyter kernels, seconds to minutes a call) and the
+    classifier trainers train_classifier / train_classifiers (each trains a full classifier); classes and containers
+    (Result, Experiment, History, TrainingDiverged, NetworkBlocked, SliderSpec); decorators (experiments.register,
+    exercises.exercise); mmlib.checks, the validators the others call."""
+    from mmlib import bench, checkpoint, classifiers, device, exercises, experiments, metrics, plot, train, widgets
+    from mmlib import data as d
+
+    layer = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    return [
+        Spec("checkpoint.load_checkpoint", checkpoint.load_checkpoint,
+             lambda: {"path": _saved_checkpoint(), "map_location": "cpu"}),
+        Spec("checkpoint.atomic_write_bytes", checkpoint.atomic_write_bytes,
+             lambda: {"path": Path(_SCRATCH.name) / "blob.bin", "data": b"abc"}),
+        Spec("device.resolve_device", device.resolve_device, lambda: {"device": "cpu", "name": "device"}),
+        Spec("device.describe_device", device.describe_device, lambda: {"device": torch.device("cpu")}),
+        Spec("device.one_cpu_thread", _enter_one_cpu_thread, lambda: {"device": "cpu"}),
+        Spec("train.loss_step", train.loss_step,
+             lambda: {"loss_fn": lambda x: layer(x).pow(2).mean(), "optimizer": opt, "scheduler": None,
+                      "autocast": False, "compile": False}),
+        Spec("train.minibatches", lambda **kw: list(train.minibatches(**kw)),
+             lambda: {"tensors": [torch.ones(8, 2), torch.zeros(8)], "batch_size": 4, "steps": 3, "generator": _g()}),
+        Spec("experiments.run_experiment", experiments.run_experiment,
+             lambda: {"name": "data", "seed": 0, "out": Path(_SCRATCH.name) / "run", "device": "cpu"}),
+        Spec("experiments.write_result", experiments.write_result,
+             lambda: {"result": experiments.Result({"a": 1.0}, {"x": torch.ones(2)}),
+                      "out": Path(_SCRATCH.name) / "result"}),
+        Spec("data.read_verified", d.read_verified, lambda: {"path": _blob(), "sha256": _BLOB_SHA}),
+        Spec("data.split_indices", d.split_indices, lambda: {"split": "val"}),
+        Spec("data.audio_waveform", d.audio_waveform, lambda: {"split": "test", "index": 2}),
+        Spec("data.export_arrays", d.export_arrays, lambda: {"dataset": d.load_multimodal_digits("cpu")}),
+        Spec("classifiers.build_classifier", classifiers.build_classifier,
+             lambda: {"modality": "text", "seed": 0, "device": "cpu"}),
+        Spec("classifiers.save_classifiers", classifiers.save_classifiers,
+             lambda: {"models": {"text": classifiers.build_classifier("text", seed=0, device="cpu")},
+                      "folder": Path(_SCRATCH.name) / "clf"}),
+        Spec("metrics.frechet_baseline", metrics.frechet_baseline,
+             lambda: {"modality": "text", "split": "val", "device": "cpu"}),
+        Spec("metrics.mode_assignments", metrics.mode_assignments,
+             lambda: {"samples": d.ring_mixture(32, seed=0, device="cpu"), "modes": d.RING_MODES.clone(),
+                      "std": d.RING_STD, "threshold": 3.0}),
+        Spec("plot.image_grid", _closing(plot.image_grid),
+             lambda: {"images": _images(4), "nrow": 2, "titles": ["a", "b", "c", "d"], "title": "t", "cmap": "gray_r",
+                      "vmin": 0.0, "vmax": 1.0, "scale": 0.9, "ax_size": 1.0}),
+        Spec("plot.scatter_2d", _closing(plot.scatter_2d),
+             lambda: {"points": _randn(20, 2), "modes": d.RING_MODES.clone(), "title": "t", "s": 4.0, "alpha": 0.5,
+                      "label": "samples"}),
+        Spec("plot.density_2d", _closing(plot.density_2d),
+             lambda: {"points": _randn(50, 2), "bins": 10, "extent": (-2.0, 2.0, -2.0, 2.0), "title": "t"}),
+        Spec("plot.loss_curves", _closing(plot.loss_curves),
+             lambda: {"curves": {"d": [1.0, 0.5, 0.2]}, "steps": [1, 2, 3], "title": "t", "ylabel": "loss",
+                      "logy": True}),
+        Spec("widgets.make_slider", widgets.make_slider, lambda: {"name": "beta", "spec": (0.0, 2.0, 0.1, 1.0)}),
+        Spec("widgets.slider_plot", _closing(lambda draw, beta: widgets.slider_plot(draw, beta=beta)),
+             lambda: {"draw": lambda beta: None, "beta": (0.0, 2.0, 0.1, 1.0)}),
+        Spec("bench.matmul_peak_gflops", bench.matmul_peak_gflops,
+             lambda: {"device": torch.device("cpu"), "n": 64, "repeats": 2}),
+        Spec("bench.vae_flops_per_sample", bench.vae_flops_per_sample,
+             lambda: {"x_dim": 784, "hidden": 400, "z_dim": 20}),
+        Spec("bench.trainer_throughput", bench.trainer_throughput,
+             lambda: {"data": torch.rand(64, 784, generator=_g()), "batch_size": 16, "steps": 2, "seed": 0}),
+        Spec("bench.reference_throughput", bench.reference_throughput,
+             lambda: {"data": torch.rand(64, 784, generator=_g()), "batch_size": 16, "steps": 2, "seed": 0}),
+        Spec("exercises.check", _quiet(exercises.check), lambda: {"key": "03.1", "answer": lambda *a, **k: None}),
+    ]
+
+
+def _pcca_params(y1: torch.Tensor, y2: torch.Tensor):
+    from mmlib.pcca import fit_pcca_closed_form
+
+    return fit_pcca_closed_form([y1, y2], latent_dim=2)
+
+
+def _saved_checkpoint() -> Path:
+    from mmlib.checkpoint import save_checkpoint
+
+    path = Path(_SCRATCH.name) / "saved.pt"
+    if not path.exists():
+        save_checkpoint(path, model={"w": torch.ones(2)})
+    return path
+
+
+_BLOB_SHA = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # SHA-256 of b"abc"
+
+
+def _blob() -> Path:
+    path = Path(_SCRATCH.name) / "abc.bin"
+    path.write_bytes(b"abc")
+    return path
+
+
+def _enter_one_cpu_thread(device):
+    from mmlib.device import one_cpu_thread
+
+    with one_cpu_thread(device):
+        pass
+
+
+def _closing(fn: Callable) -> Callable:
+    """Call a plotting function and close its figures (dozens of calls would otherwise pile up)."""
+
+    def call(**kwargs):
+        import matplotlib.pyplot as plt
+
+        try:
+            return fn(**kwargs)
+        finally:
+            plt.close("all")
+
+    return call
+
+
+def _quiet(fn: Callable) -> Callable:
+    def call(**kwargs):
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            return fn(**kwargs)
+
+    return call
 
 
 _SCRATCH = tempfile.TemporaryDirectory(prefix="mmlib-bad-input-")  # removed when the test process ends
@@ -130,6 +257,40 @@ def _chapter_specs() -> list[Spec]:
         Spec("pcca.fit_pcca_em", pcca.fit_pcca_em, lambda: {"views": [y1, y2], "latent_dim": 2, "iterations": 3}),
         Spec("pcca.max_log_likelihood", pcca.max_log_likelihood, lambda: {"views": [y1, y2], "latent_dim": 2}),
         Spec("pcca.canonical_correlations", pcca.canonical_correlations, lambda: {"y1": y1.clone(), "y2": y2.clone()}),
+        Spec("likelihood.compute_dtype", lk.compute_dtype, lambda: {"device": torch.device("cpu")}),
+        Spec("likelihood.gaussian_log_density", lk.gaussian_log_density,
+             lambda: {"x": _randn(5, 2), "mean": torch.zeros(2), "cov": torch.eye(2) * 2}),
+        Spec("likelihood.gaussian_average_log_likelihood", lk.gaussian_average_log_likelihood,
+             lambda: {"mean": torch.zeros(2), "scale_tril": torch.eye(2), "x_mean": torch.ones(2),
+                      "x_cov": torch.eye(2) * 0.5}),
+        Spec("likelihood.fit_gaussian_gradient", lk.fit_gaussian_gradient,
+             lambda: {"x": _randn(30, 2), "steps": 3, "lr": 0.1, "log_every": 1, "progress": False}),
+        Spec("likelihood.dequantize", lk.dequantize, lambda: {"levels": lk.to_levels(levels[:4]), "generator": _g()}),
+        Spec("likelihood.discretized_gaussian_log_prob", lk.discretized_gaussian_log_prob,
+             lambda: {"levels": lk.to_levels(levels[:4]), "mean": 8.0, "std": 2.0, "num_levels": 17}),
+        Spec("likelihood.bce_log_score", lk.bce_log_score,
+             lambda: {"levels": lk.to_levels(levels[:4]), "p": torch.full((64,), 0.3), "num_levels": 17}),
+        Spec("likelihood.bce_total_mass", lk.bce_total_mass,
+             lambda: {"p": torch.linspace(0.1, 0.9, 5), "num_levels": 17}),
+        Spec("likelihood.categorical_mixture_sweep", lk.categorical_mixture_sweep,
+             lambda: {"train_levels": lk.to_levels(levels[:20]), "val_levels": lk.to_levels(levels[20:30]),
+                      "test_levels": lk.to_levels(levels[30:40]), "components": (1, 2), "alpha": 0.5,
+                      "iterations": 2, "seed": 0, "tol": 1e-6}),
+        Spec("pcca.as_params", pcca.as_params, lambda: {"params": _pcca_params(y1, y2), "name": "params"}),
+        Spec("pcca.sample_moments", pcca.sample_moments, lambda: {"views": [y1.clone(), y2.clone()]}),
+        Spec("pcca.pcca_log_likelihood", pcca.pcca_log_likelihood,
+             lambda: {"views": [y1[:5].clone(), None], "params": _pcca_params(y1, y2)}),
+        Spec("pcca.implied_canonical_correlations", pcca.implied_canonical_correlations,
+             lambda: {"params": _pcca_params(y1, y2), "pair": (0, 1)}),
+        Spec("pcca.fit_pcca_gradient", pcca.fit_pcca_gradient,
+             lambda: {"views": [y1.clone(), y2.clone()], "latent_dim": 2, "steps": 2, "lr": 0.1, "seed": 0,
+                      "log_every": 1, "progress": False}),
+        Spec("pcca.fit_independent_gaussians", pcca.fit_independent_gaussians,
+             lambda: {"views": [y1.clone(), y2.clone()]}),
+        Spec("pcca.predict_view", pcca.predict_view,
+             lambda: {"params": _pcca_params(y1, y2), "views": [y1[:5].clone(), None], "target": 1}),
+        Spec("pcca.sample_pcca", pcca.sample_pcca, lambda: {"params": _pcca_params(y1, y2), "n": 4, "seed": 0}),
+        Spec("pcca.pca_basis", pcca.pca_basis, lambda: {"x": y2.clone(), "dim": 2}),
         *_vae_specs(),
         *_aae_specs(),
         *_gan_specs(),
@@ -458,7 +619,11 @@ def _chapter07_specs() -> list[Spec]:
         gen = _g(seed)
         return torch.randn(k, n, d, generator=gen), torch.randn(k, n, d, generator=gen)
 
-    test = load_multimodal_digits("cpu").test
+    from mmlib.classifiers import load_classifiers
+
+    ds = load_multimodal_digits("cpu")
+    test = ds.test
+    clf = load_classifiers("cpu")
     model = mvae.build_mvae("moe", mvae.MVAEConfig(hidden=8, prior_components=3), seed=0, device="cpu")
     mix = fusion.mixture_of_experts(*experts())
     mods = ("image", "text", "audio")
@@ -505,6 +670,27 @@ def _chapter07_specs() -> list[Spec]:
         Spec("mvae.generate_cross", mvae.generate_cross,
              lambda: {"model": model, "x": {"text": test["text"][:4].clone()}, "targets": ["image"],
                       "generator": _g()}),
+        Spec("mvae.latent_probe_accuracy", mvae.latent_probe_accuracy,
+             lambda: {"model": model, "ds": ds, "source": ["text"]}),
+        Spec("mvae.retrieval_precision", mvae.retrieval_precision,
+             lambda: {"model": model, "split": ds.test, "source": "image", "target": "audio", "ks": (1, 10)}),
+        Spec("mvae.evaluate_generation", mvae.evaluate_generation,
+             lambda: {"joint_samples": {m: test[m][:135].clone() for m in ("image", "text")},
+                      "cross_samples": {("text", "image"): test["image"].clone()}, "ds": ds, "classifiers": clf,
+                      "split": "test"}),
+        Spec("mvae.evaluate_mvae", mvae.evaluate_mvae,
+             lambda: {"model": model, "ds": ds, "classifiers": clf, "seed": 0}),
+        Spec("mvae.BinomialLevels", mvae.BinomialLevels, lambda: {"shape": (1, 8, 8), "levels": 16}),
+        Spec("mvae.AutoregressiveTokens", mvae.AutoregressiveTokens,
+             lambda: {"length": 16, "vocab_size": 30, "hidden": 8, "embed_dim": 4}),
+        Spec("mvae.GaussianSpectrogram", mvae.GaussianSpectrogram, lambda: {"shape": (28, 32), "min_scale": 0.02}),
+        Spec("mvae.MixturePrior", mvae.MixturePrior, lambda: {"components": 3, "latent_dim": 2}),
+        Spec("mvae.Modality", mvae.Modality,
+             lambda: {"name": "image", "encoder": torch.nn.Linear(64, 4), "decoder": torch.nn.Linear(2, 64),
+                      "likelihood": mvae.BinomialLevels()}),
+        Spec("mvae.MultimodalVAE", mvae.MultimodalVAE,
+             lambda: {"modalities": [mvae.build_modality(m, 2, 8) for m in ("image", "text")], "latent_dim": 2,
+                      "fusion": "moe", "prior_components": 2}),
         # config held at a tiny one: broken to None it means the chapter's full training (half a minute a call)
         Spec("mvae.train_mvae",
              lambda fusion, seed, device, progress: mvae.train_mvae(
@@ -512,6 +698,12 @@ def _chapter07_specs() -> list[Spec]:
                  progress=progress),
              lambda: {"fusion": "moe", "seed": 0, "device": "cpu", "progress": False}),
     ]
+
+
+def _mmgan_step_call(image, text, audio, label, **kwargs):
+    from mmlib.mmgan import mmgan_step
+
+    return mmgan_step(**kwargs)(image, text, audio, label)
 
 
 def _chapter08_specs() -> list[Spec]:
@@ -531,6 +723,12 @@ def _chapter08_specs() -> list[Spec]:
     decoder = mmgan.fit_latent_decoder(vae, triple, config=cgan.CGANConfig(steps=2, hidden=8, embed_dim=4,
                                                                            noise_dim=2), progress=False)
     game = mmgan.MMGANConfig(steps=2, batch_size=8, **tiny)
+
+    def fresh_players() -> dict:
+        g, d = mmgan.build_mmgan(**tiny, seed=0, device="cpu")
+        return {"generator": g, "discriminator": d, "g_optimizer": torch.optim.Adam(g.parameters()),
+                "d_optimizer": torch.optim.Adam(d.parameters())}
+
     return [
         Spec("mmgan.straight_through_argmax", mmgan.straight_through_argmax,
              lambda: {"logits": _randn(4, 16, 73), "tau": 1.0}),
@@ -543,6 +741,15 @@ def _chapter08_specs() -> list[Spec]:
         Spec("mmgan.shuffle_modality", mmgan.shuffle_modality,
              lambda: {"x": dict(triple), "modality": "text", "shift": 1}),
         Spec("mmgan.MMGANConfig", mmgan.MMGANConfig, lambda: {"steps": 2, "batch_size": 8, "lr": 1e-3, **tiny}),
+        Spec("mmgan.mmgan_step", mmgan.mmgan_step,
+             lambda: {**fresh_players(), "r1_weight": 1.0, "mismatch": True, "noise": _g(), "ema": None,
+                      "ema_decay": 0.9, "r1_every": 2}),
+        Spec("mmgan.mmgan_step()(image, text, audio, label)", _mmgan_step_call,
+             lambda: {**fresh_players(), "image": triple["image"][:8].clone(), "text": triple["text"][:8].clone(),
+                      "audio": triple["audio"][:8].clone(), "label": digits[:8].clone()}),
+        Spec("cgan.GameConfig", cgan.GameConfig,
+             lambda: {"steps": 2, "batch_size": 8, "lr": 1e-3, "betas": (0.5, 0.9), "r1_weight": 1.0, "r1_every": 2,
+                      "mismatch": True, "ema_decay": 0.9}),
         Spec("mmgan.fit_mmgan", mmgan.fit_mmgan,
              lambda: {"data": dict(triple), "labels": digits.clone(), "config": game, "seed": 0, "device": "cpu",
                       "progress": False}),
