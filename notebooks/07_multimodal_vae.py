@@ -176,7 +176,8 @@ assert torch.allclose(by_hand, library, atol=1e-8), "mmlib's image likelihood is
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # `build_modality` assembles the three parts with small MLPs (two hidden layers of 128 units) around an
-# 8-dimensional latent (the modalities share only the digit). Here is the text modality:
+# 8-dimensional latent (the modalities share only the digit); the image's encoder puts two small 3x3 convolutions
+# before its MLP (why: section 3). Here is the text modality:
 
 # %%
 print(build_modality("text", latent_dim=8))
@@ -344,6 +345,16 @@ assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-3), "the inline MVAE term
 # rises from 0 to 1 over the first 100 steps, a common warm-up (Bowman et al., 2016) that lets the decoders learn to
 # use $z$ before the KL term prices its information; exercise 07.1 asks what it changes. After the warm-up each
 # model optimises its paper's objective. The three trainings take about a minute together on a laptop CPU.
+#
+# Two choices of `MVAEConfig` serve the cross-modal generation from **images**, the weakest direction. With an MLP on
+# the 64 pixels, the image expert placed the codes of *training* images no better than those of test images (MoE,
+# seed 0: a sound of the right digit from 84 % of the training images, 81 % of the test images) — it underfitted;
+# a convolutional expert (`image_encoder="conv"`: weights shared across positions) fits the training images (97 %)
+# but overfits (82 % on the test split) until an L2 penalty (`weight_decay=1e-3`) regularises it. And the
+# spectrogram likelihood's noise floor (`audio_min_scale=0.1` rather than 0.02) keeps the audio's likelihood, a
+# density over 896 cells, from dwarfing the others, so the audio's codes no longer spread over the latent with the
+# sound's pitch and tempo. Together they raised MoE's image -> audio coherence from 0.81 to 0.89 and its joint
+# coherence from 0.92 to 0.96 (seed 0; 0.77-0.81 -> 0.86-0.89 over seeds 0-2) — still short of the 95 % target.
 
 # %%
 import time

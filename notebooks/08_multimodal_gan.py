@@ -367,7 +367,7 @@ assert metrics["gan_joint_coherence"] >= COHERENCE_TARGET, "at least 90 % of the
 for m in MODALITIES:
     assert metrics[f"gan_fd_{m}"] < metrics[f"vae_fd_{m}"], f"the GAN's {m} samples are closer to the data (FD)"
     assert metrics[f"gan_fd_{m}"] <= 2 * metrics[f"gan_fd_baseline_{m}"], f"GAN {m}: FD within 2× its baseline"
-assert metrics["vae_fd_audio"] > 10 * metrics["vae_fd_baseline_audio"], "the VAE's sounds are far from the data"
+assert metrics["vae_fd_audio"] > 3 * metrics["vae_fd_baseline_audio"], "the VAE's sounds are far from the data"
 assert metrics["vae_joint_coherence"] >= COHERENCE_TARGET, "the VAE's prior samples reach 90 % coherence too"
 
 # %% [markdown]
@@ -394,8 +394,8 @@ plt.show()
 #
 # - **The GAN draws samples like the data.** Every modality's FD is within twice its real-versus-real baseline, and
 #   its triples agree on the digit. Its sounds are crisp two-note motifs; the VAE's decoders, trained by likelihood,
-#   produce the average of what is plausible — blurred digits and smeared spectrograms, whose FD for sounds is more
-#   than ten times the baseline. The GAN's discriminator only asks "could this be real?", and blur is not real.
+#   produce the average of what is plausible — blurred digits and smeared spectrograms, whose FD for sounds is
+#   several times the baseline. The GAN's discriminator only asks "could this be real?", and blur is not real.
 # - **The VAE can infer.** It has encoders: it maps any subset of modalities to the shared latent and generates the
 #   others from there (chapter 07's cross-modal generation and retrieval). Our GAN has no encoder at all: it cannot
 #   say which noise produced a given caption, so it cannot translate one modality into another.

@@ -372,3 +372,19 @@ def test_exercise_checker_accepts_the_solution_and_rejects_a_wrong_answer():
     assert RESULTS["07.2"] is False
     with pytest.raises(AssertionError, match="k = 2"):
         mvae._check_precision_at_k(forgets_to_average_over_k)
+
+
+def test_config_image_encoder_and_weight_decay():
+    assert MVAEConfig().image_encoder == "conv" and MVAEConfig().weight_decay > 0
+    with pytest.raises(ValueError, match="config.image_encoder"):
+        MVAEConfig(image_encoder="resnet")
+    with pytest.raises(ValueError, match="config.weight_decay"):
+        MVAEConfig(weight_decay=-1.0)
+    conv = build_modality("image", 4, 16, image_encoder="conv")
+    mlp = build_modality("image", 4, 16, image_encoder="mlp")
+    assert any(isinstance(m, nn.Conv2d) for m in conv.encoder.modules())
+    assert not any(isinstance(m, nn.Conv2d) for m in mlp.encoder.modules())
+    x = torch.rand(5, 1, 8, 8)
+    for modality in (conv, mlp):
+        mean, log_var = modality.encode(x)
+        assert mean.shape == log_var.shape == (5, 4)
