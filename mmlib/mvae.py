@@ -362,9 +362,9 @@ def build_modality(
 ) -> Modality:
     """The :class:`Modality` of the multimodal digits called ``name`` ('image', 'text' or 'audio'): an MLP encoder and
     an MLP decoder with two hidden layers of width ``hidden`` (the image's encoder: two 3x3 convolutions, 32 channels,
-    the second with stride 2, before its MLP when ``image_encoder`` is ``"conv"``); likelihoods :class:`BinomialLevels` (image),
-    :class:`AutoregressiveTokens` (text, ``text_hidden`` units per position) and :class:`GaussianSpectrogram`
-    (audio, noise scale at least ``audio_min_scale``). Built on the CPU."""
+    the second with stride 2, before its MLP when ``image_encoder`` is ``"conv"``); likelihoods
+    :class:`BinomialLevels` (image), :class:`AutoregressiveTokens` (text, ``text_hidden`` units per position) and
+    :class:`GaussianSpectrogram` (audio, noise scale at least ``audio_min_scale``). Built on the CPU."""
     from mmlib.data import AUDIO_BINS, AUDIO_FRAMES, MODALITIES, TEXT_LENGTH, TEXT_VOCAB
 
     name = check_choice(name, "name", MODALITIES)
@@ -796,9 +796,9 @@ def train_mvae(
     progress: bool = True,
 ):
     """Build (:func:`build_mvae`) and train a multimodal VAE with ``fusion`` on the training split of the multimodal
-    digits, all three modalities observed: Adam (L2 penalty ``config.weight_decay``) on minibatches with :func:`mmlib.train.train`, the KL weight warmed
-    up over ``config.kl_warmup`` steps; then, if ``config.refit_prior``, the prior is refitted to the training codes
-    (:func:`fit_prior`). Every random draw (weights, minibatches, reparameterisation, MVAE's subsets, the refit)
+    digits, all three modalities observed: Adam (L2 penalty ``config.weight_decay``) on minibatches with
+    :func:`mmlib.train.train`, the KL weight warmed up over ``config.kl_warmup`` steps; then, if
+    ``config.refit_prior``, the prior is refitted to the training codes (:func:`fit_prior`). Every random draw (weights, minibatches, reparameterisation, MVAE's subsets, the refit)
     comes from ``seed``. Returns ``(model, history)``, the model in eval mode."""
     from mmlib.data import load_multimodal_digits
     from mmlib.seed import make_generator
