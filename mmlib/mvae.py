@@ -799,7 +799,8 @@ def train_mvae(
     digits, all three modalities observed: Adam (L2 penalty ``config.weight_decay``) on minibatches with
     :func:`mmlib.train.train`, the KL weight warmed up over ``config.kl_warmup`` steps; then, if
     ``config.refit_prior``, the prior is refitted to the training codes (:func:`fit_prior`). Every random draw
-    (weights, minibatches, reparameterisation, MVAE's subsets, the refit) comes from ``seed``. Returns ``(model, history)``, the model in eval mode."""
+    (weights, minibatches, reparameterisation, MVAE's subsets, the refit) comes from ``seed``. Returns
+    ``(model, history)``, the model in eval mode."""
     from mmlib.data import load_multimodal_digits
     from mmlib.seed import make_generator
     from mmlib.train import make_optimizer, train
