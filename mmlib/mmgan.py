@@ -82,6 +82,7 @@ __all__ = [
     "fit_latent_decoder",
     "generate_combined",
     "generate_combined_cross",
+    "fit_vae_and_decoder",
     "run_mmgan",
     "mmgan_experiment",
 ]
@@ -515,6 +516,20 @@ def generate_combined_cross(vae: nn.Module, decoder: FittedCGAN, source: str, x:
 # The experiment
 # ---------------------------------------------------------------------------------------------------------------------
 
+def fit_vae_and_decoder(fusion: str = "moe", *, seed: int = 0, device: torch.device | str | None = None):
+    """Chapter 07's multimodal VAE (:func:`mmlib.mvae.run_mvae` with ``fusion``, evaluated) and then its adversarial
+    image decoder (:func:`fit_latent_decoder`, trained on the training split); returns ``(vae, vae_result, decoder)``.
+    The part of :func:`run_mmgan` that trains beside the GAN."""
+    from mmlib.data import load_multimodal_digits
+    from mmlib.mvae import run_mvae
+
+    dev = resolve_device(device)
+    with one_cpu_thread(dev):
+        vae, _, vae_result = run_mvae(fusion, seed=seed, device=dev, progress=False)
+        decoder = fit_latent_decoder(vae, load_multimodal_digits(dev).train.x, seed=seed, progress=False)
+    return vae, vae_result, decoder
+
+
 #: Sources of the cross-modal comparison between the VAE's image decoder and the adversarial one.
 CROSS_SOURCES: tuple[str, ...] = ("text", "audio")
 
@@ -539,16 +554,25 @@ def run_mmgan(
     from mmlib.classifiers import load_classifiers
     from mmlib.data import load_multimodal_digits
     from mmlib.metrics import cross_coherence, frechet_distance
-    from mmlib.mvae import NUM_JOINT_SAMPLES, evaluate_generation, run_mvae
+    from mmlib.mvae import NUM_JOINT_SAMPLES, evaluate_generation
+    from mmlib.parallel import run_jobs
 
     seed = check_int(seed, "seed", low=0)
+    vae_fusion = check_choice(vae_fusion, "vae_fusion", ("poe", "moe", "mopoe"))
     dev = resolve_device(device)
     ds = load_multimodal_digits(dev)
     classifiers = load_classifiers(dev)
     metrics: dict[str, float] = {}
     arrays: dict[str, torch.Tensor] = {}
+    # The GAN and the VAE (then its adversarial decoder) do not depend on each other: they train side by side, one
+    # per CPU core (mmlib.parallel; the same numbers as one after the other).
+    gan, (vae, vae_result, decoder) = run_jobs(
+        [(fit_mmgan, {"data": ds.train.x, "labels": ds.train.label, "config": config, "seed": seed, "device": dev,
+                      "progress": False}),
+         (fit_vae_and_decoder, {"fusion": vae_fusion, "seed": seed, "device": dev})],
+        device=dev, progress=progress, desc="GAN | VAE + decoder",
+    )
     with one_cpu_thread(dev):
-        gan = fit_mmgan(ds.train.x, ds.train.label, config=config, seed=seed, device=dev, progress=progress)
         joint, digits = generate_joint(gan.generator, NUM_JOINT_SAMPLES, seed=seed + 3)
         metrics.update({f"gan_{k}": v for k, v in evaluate_generation(joint, None, ds, classifiers).items()})
         arrays.update({f"gen_{m}": v for m, v in joint.items()})
@@ -562,12 +586,10 @@ def run_mmgan(
             metrics[f"d_mismatched_{m}"] = float(wrong.mean())
             metrics[f"d_prefers_matched_{m}"] = float((matched > wrong).double().mean())
 
-        vae, _, vae_result = run_mvae(vae_fusion, seed=seed, device=dev, progress=progress)
         for k in ("joint_coherence", *[f"fd_{m}" for m in MODALITIES], *[f"fd_baseline_{m}" for m in MODALITIES]):
             metrics[f"vae_{k}"] = float(vae_result.metrics[k])
         arrays.update({f"vae_gen_{m}": torch.as_tensor(vae_result.arrays[f"gen_{m}"]) for m in MODALITIES})
 
-        decoder = fit_latent_decoder(vae, ds.train.x, seed=seed, progress=progress)
         combined = generate_combined(vae, decoder, NUM_JOINT_SAMPLES, seed=seed + 4)
         metrics.update({f"combined_{k}": v for k, v in evaluate_generation(combined, None, ds, classifiers).items()})
         arrays.update({f"combined_gen_{m}": v for m, v in combined.items()})

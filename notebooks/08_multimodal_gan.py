@@ -222,10 +222,14 @@ print(f"largest difference between the two EMA generators after {len(batches)} s
 assert gap < 1e-5, "the inline step and mmlib.mmgan.mmgan_step train the same networks"
 
 # %% [markdown] slideshow={"slide_type": "slide"}
-# **Training and the comparison.** `mmlib.mmgan.run_mmgan` trains the GAN (1,500 steps of 128 triples), then
-# chapter 07's best multimodal VAE, the mixture of experts with its refitted prior (`mmlib.mvae.run_mvae("moe")`, the
-# function behind `python -m mmlib run mvae-moe`), then the combination of section 5, and evaluates all of them. It is the
-# function behind `python -m mmlib run mmgan`, so the numbers below are the experiment's.
+# **Training and the comparison.** `mmlib.mmgan.run_mmgan` trains the GAN (1,500 steps of 128 triples) and, beside
+# it, chapter 07's best multimodal VAE, the mixture of experts with its refitted prior (`mmlib.mvae.run_mvae("moe")`,
+# the function behind `python -m mmlib run mvae-moe`), followed by the combination of section 5; then it evaluates all
+# of them. It is the function behind `python -m mmlib run mmgan`, so the numbers below are the experiment's.
+#
+# The GAN and the VAE do not depend on each other, so they train at the same time, one per CPU core
+# (`mmlib.parallel.run_jobs`: each run in a worker process on one thread; on a GPU or a single core, one after the
+# other). Each run is seeded by its own arguments, so the numbers are the same either way — only the wait is shorter.
 
 # %%
 from mmlib.mmgan import run_mmgan

@@ -112,7 +112,20 @@ def _more_core_specs() -> list[Spec]:
     classifier trainers train_classifier / train_classifiers (each trains a full classifier); classes and containers
     (Result, Experiment, History, TrainingDiverged, NetworkBlocked, SliderSpec); decorators (experiments.register,
     exercises.exercise); mmlib.checks, the validators the others call."""
-    from mmlib import bench, checkpoint, classifiers, device, exercises, experiments, metrics, plot, train, widgets
+    from mmlib import (
+        bench,
+        checkpoint,
+        classifiers,
+        device,
+        exercises,
+        experiments,
+        metrics,
+        parallel,
+        plot,
+        seed,
+        train,
+        widgets,
+    )
     from mmlib import data as d
 
     layer = torch.nn.Linear(2, 1)
@@ -171,6 +184,9 @@ def _more_core_specs() -> list[Spec]:
              lambda: {"data": torch.rand(64, 784, generator=_g()), "batch_size": 16, "steps": 2, "seed": 0}),
         Spec("bench.reference_throughput", bench.reference_throughput,
              lambda: {"data": torch.rand(64, 784, generator=_g()), "batch_size": 16, "steps": 2, "seed": 0}),
+        Spec("parallel.run_jobs", parallel.run_jobs,
+             lambda: {"jobs": [(seed.make_generator, {"seed": 0})], "device": "cpu", "workers": 1, "progress": False,
+                      "desc": "runs"}),
         Spec("exercises.check", _quiet(exercises.check), lambda: {"key": "03.1", "answer": lambda *a, **k: None}),
     ]
 
@@ -708,8 +724,8 @@ def _mmgan_step_call(image, text, audio, label, **kwargs):
 
 def _chapter08_specs() -> list[Spec]:
     """Public functions of notebook 08's module (the joint GAN and its combination with the multimodal VAE). Left out:
-    run_mmgan and mmgan_experiment (whole-experiment runners, a minute a call; their arguments go through fit_mmgan,
-    fit_latent_decoder and the functions below) and the result container FittedMMGAN."""
+    run_mmgan, fit_vae_and_decoder and mmgan_experiment (whole-experiment runners, a minute a call; their arguments go
+    through fit_mmgan, fit_latent_decoder and the functions below) and the result container FittedMMGAN."""
     from mmlib import cgan, mmgan, mvae
     from mmlib.data import load_multimodal_digits
 

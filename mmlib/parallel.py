@@ -1,0 +1,96 @@
+"""Independent training runs side by side, one per CPU core (notebooks 03 and 08).
+
+The course's networks are small: one training run keeps one core busy (:func:`mmlib.device.one_cpu_thread`), and a
+second thread inside the same run mostly waits for the first. Runs that do not depend on each other — the plain GAN and
+the recipe on two mixtures, a GAN beside a VAE — are better spread over the cores: each goes to a worker process with
+one thread, and comes back as if it had run here. Every run is seeded by its own arguments, so the numbers are the same
+bit for bit whether the runs go to workers or one after the other (``tests/test_parallel.py`` checks).
+
+On a GPU, or with a single core, the runs simply go one after the other in this process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mmlib.checks import check_int
+from mmlib.device import one_cpu_thread, resolve_device
+
+__all__ = ["Job", "cpu_cores", "run_jobs"]
+
+#: One run: a function importable from a module (so that a worker process can find it) and its keyword arguments.
+Job = tuple[Callable[..., Any], Mapping[str, Any]]
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may use (its affinity where the OS reports one, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _check_jobs(jobs: object) -> list[Job]:
+    if isinstance(jobs, (str, bytes)) or not isinstance(jobs, Sequence) or not jobs:
+        raise TypeError(f"jobs: expected a non-empty list of (function, kwargs) pairs, got {jobs!r:.80}")
+    out = []
+    for i, job in enumerate(jobs):
+        if not (isinstance(job, tuple) and len(job) == 2 and callable(job[0]) and isinstance(job[1], Mapping)):
+            raise TypeError(f"jobs[{i}]: expected a (function, kwargs dict) pair, got {job!r:.80}")
+        fn = job[0]
+        if getattr(fn, "__module__", None) in (None, "__main__") or "<" in getattr(fn, "__qualname__", "<"):
+            raise ValueError(f"jobs[{i}]: {fn!r} is not importable by a worker process; pass a module-level "
+                             "function of mmlib (or of another importable module)")
+        out.append((fn, dict(job[1])))
+    return out
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    *,
+    device: torch.device | str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    desc: str = "runs",
+) -> list[Any]:
+    """Run ``fn(**kwargs)`` for every ``(fn, kwargs)`` in ``jobs``; their results, in the order of ``jobs``.
+
+    On the CPU with more than one core, the jobs go to ``workers`` processes (default: one per core, at most one per
+    job), each on one thread; list the longest job first, as the workers take the jobs in order. On a GPU, with one
+    core or with ``workers=1``, they run here one after the other (on one thread on the CPU). Worker processes are
+    started fresh ("spawn"), so nothing of this process's state leaks into them: everything a job needs must be in
+    its arguments. The progress bar counts finished jobs; ask the jobs for ``progress=False`` (a worker's own bars
+    would print to the console, not the notebook).
+    """
+    jobs = _check_jobs(jobs)
+    dev = resolve_device(device)
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress: expected True or False, got {progress!r}")
+    if not isinstance(desc, str):
+        raise TypeError(f"desc: expected a string, got {type(desc).__name__}")
+    workers = min(len(jobs), cpu_cores() if workers is None else check_int(workers, "workers", low=1))
+    if dev.type != "cpu" or workers == 1:
+        with one_cpu_thread(dev):
+            return [fn(**kwargs) for fn, kwargs in tqdm(jobs, desc=desc, disable=not progress)]
+    results: list[Any] = [None] * len(jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+        futures = {pool.submit(fn, **kwargs): i for i, (fn, kwargs) in enumerate(jobs)}
+        try:
+            for future in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
+                results[futures[future]] = future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failed run stops the ones still waiting
+            raise
+    return results
