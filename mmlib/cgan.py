@@ -800,6 +800,7 @@ def _run_cgan(
 ) -> tuple[dict[tuple[str, str], FittedCGAN], dict[tuple[str, str], CGANEvaluation], Result]:
     from mmlib.classifiers import load_classifiers
     from mmlib.data import load_multimodal_digits
+    from mmlib.parallel import run_jobs
 
     ds = load_multimodal_digits(dev)
     classifiers = load_classifiers(dev)
@@ -808,10 +809,14 @@ def _run_cgan(
     metrics: dict[str, float] = {}
     arrays: dict[str, torch.Tensor] = {}
     k = SAMPLES_PER_CONDITION
-    for source, target in pairs:
+    # the pairs' GANs do not depend on each other: they train side by side, one per CPU core (mmlib.parallel; the
+    # same numbers as one after the other)
+    trained = run_jobs([(fit_cgan, {"source": source, "target": target, "conditions": ds.train[source],
+                                    "targets": ds.train[target], "config": config, "seed": seed, "device": dev,
+                                    "progress": False}) for source, target in pairs],
+                       device=dev, progress=progress, desc="conditional GANs")
+    for (source, target), fit in zip(pairs, trained):
         key = f"{target}__from_{source}"
-        fit = fit_cgan(source, target, ds.train[source], ds.train[target], config=config, seed=seed, device=dev,
-                       progress=progress)
         fits[(source, target)] = fit
         conditions, labels = ds.test[source], ds.test.label
         real = (ds.test[target], ds.train[target], ds.train.label, classifiers[target])

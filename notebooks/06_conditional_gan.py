@@ -269,7 +269,9 @@ assert gap < 1e-5, "the inline step and mmlib.cgan.cgan_step train the same netw
 # %% [markdown] slideshow={"slide_type": "slide"}
 # **Training.** `mmlib.cgan.run_cgan` trains both pairs with this step (1,500 steps of 128 pairs, Adam with
 # $\beta_1 = 0.5$, lazy R1) and evaluates them; it is the function behind `python -m mmlib run cgan`, so the numbers below
-# are the experiment's.
+# are the experiment's. The two pairs' GANs do not depend on each other, so they train at the same time, one per CPU
+# core (`mmlib.parallel.run_jobs`; on a GPU or a single core, one after the other) — with the same numbers either way,
+# since each run is seeded by its own arguments.
 
 # %%
 from mmlib.cgan import PAIRS, run_cgan
