@@ -102,17 +102,28 @@ def _mlp(in_dim: int, hidden: int, layers: int, out_dim: int, activation: Callab
 
 
 class Generator(nn.Module):
-    """``G(z)``: an MLP with ReLU hidden layers from noise ``(N, noise_dim)`` to samples ``(N, data_dim)``."""
+    """``G(z)``: an MLP with ReLU hidden layers from latents ``(N, latent_dim)`` to samples ``(N, data_dim)``.
 
-    def __init__(self, noise_dim: int = 2, data_dim: int = 2, hidden: int = 128, layers: int = 2):
+    The latent is ``noise_dim`` Gaussian coordinates followed, when ``categories = k > 0``, by a scaled one-hot of
+    one of ``k`` categories (:func:`draw_noise`), so ``latent_dim = noise_dim + categories``.
+    """
+
+    def __init__(self, noise_dim: int = 2, data_dim: int = 2, hidden: int = 128, layers: int = 2,
+                 categories: int = 0):
         super().__init__()
         self.noise_dim = check_int(noise_dim, "noise_dim", low=1)
         self.data_dim = check_int(data_dim, "data_dim", low=1)
-        self.net = _mlp(noise_dim, check_int(hidden, "hidden", low=1), check_int(layers, "layers", low=0), data_dim,
-                        nn.ReLU)
+        self.categories = check_int(categories, "categories", low=0)
+        self.net = _mlp(self.latent_dim, check_int(hidden, "hidden", low=1), check_int(layers, "layers", low=0),
+                        data_dim, nn.ReLU)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (N, noise_dim) -> (N, data_dim)
-        return self.net(check_tensor(z, "z", shape=(None, self.noise_dim), floating=True, finite=False))
+    @property
+    def latent_dim(self) -> int:
+        """The width of ``z``: ``noise_dim`` Gaussian coordinates plus ``categories`` one-hot ones."""
+        return self.noise_dim + self.categories
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (N, latent_dim) -> (N, data_dim)
+        return self.net(check_tensor(z, "z", shape=(None, self.latent_dim), floating=True, finite=False))
 
 
 class Discriminator(nn.Module):
@@ -245,14 +256,30 @@ def article_eq4_loss(log_q_generated: torch.Tensor, log_q_real: torch.Tensor) ->
 
 
 def draw_noise(n: int, noise_dim: int, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None) -> torch.Tensor:
-    """``z ~ N(0, I)`` of shape ``(n, noise_dim)`` on ``device``, from the private ``generator`` when given."""
+               device: torch.device | str | None = None, categories: int = 0) -> torch.Tensor:
+    """``z ~ N(0, I)`` of shape ``(n, noise_dim)`` on ``device``, from the private ``generator`` when given.
+
+    With ``categories = k > 0`` each row also gets a category ``c ~ Uniform{0, ..., k-1}`` as the one-hot
+    ``√k · e_c`` (shape ``(n, noise_dim + k)``): scaled by ``√k`` so that each one-hot coordinate has mean square 1,
+    like a Gaussian one (notebook 03, the recipe). ``k = 0`` draws exactly what it drew before categories existed.
+    """
     n = check_int(n, "n", low=1)
     noise_dim = check_int(noise_dim, "noise_dim", low=1)
+    categories = check_int(categories, "categories", low=0)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     device = generator.device if generator is not None and device is None else resolve_device(device)
-    return torch.randn(n, noise_dim, generator=generator, device=device)
+    return _latent(n, noise_dim, categories, generator, device)
+
+
+def _latent(n: int, noise_dim: int, categories: int, generator: torch.Generator | None,
+            device: torch.device) -> torch.Tensor:
+    """:func:`draw_noise` without the checks (called every training step)."""
+    z = torch.randn(n, noise_dim, generator=generator, device=device)
+    if not categories:
+        return z
+    c = torch.randint(categories, (n,), generator=generator, device=device)
+    return torch.cat([z, F.one_hot(c, categories).to(z.dtype) * math.sqrt(categories)], dim=1)
 
 
 def gan_step(
@@ -271,7 +298,8 @@ def gan_step(
 ) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     """One round of the game for :func:`mmlib.train.train`: a discriminator update, then a generator update.
 
-    ``step(real)`` draws as many noise vectors as real samples (from the private ``noise`` generator), takes one
+    ``step(real)`` draws as many latents as real samples (:func:`draw_noise`, from the private ``noise`` generator,
+    with the generator's ``categories``), takes one
     Adam step on :func:`discriminator_loss` and one on :func:`generator_loss` (``loss``), and returns the detached
     losses ``{"d_loss", "g_loss"}``. After ``lr_drop_at`` steps the generator's learning rate is multiplied by
     ``lr_drop`` and the discriminator's by ``d_lr_drop`` (default: ``lr_drop`` too). With ``ema`` (a copy of the
@@ -308,7 +336,7 @@ def gan_step(
                 for group in optimizer.param_groups:
                     group["lr"] *= factor
         done += 1
-        z = torch.randn(real.shape[0], generator.noise_dim, generator=noise, device=real.device)
+        z = _latent(real.shape[0], generator.noise_dim, generator.categories, noise, real.device)
         fake = generator(z)
         d_loss = discriminator_loss(discriminator(real), discriminator(fake.detach()))
         opt_d.zero_grad(set_to_none=True)
@@ -336,8 +364,8 @@ def generator_gradient_norms(generator: Generator, discriminator: Discriminator,
     if not isinstance(discriminator, Discriminator):
         raise TypeError(f"discriminator: expected an mmlib.gan.Discriminator, got {type(discriminator).__name__}")
     check_tensor(z, "z", ndim=2, floating=True)
-    if z.shape[1] != generator.noise_dim:
-        raise ValueError(f"z: expected {generator.noise_dim} columns (the generator's noise_dim), got {z.shape[1]}")
+    if z.shape[1] != generator.latent_dim:
+        raise ValueError(f"z: expected {generator.latent_dim} columns (the generator's latent_dim), got {z.shape[1]}")
     if z.shape[0] % discriminator.pack:
         raise ValueError(f"z: expected a number of rows divisible by the discriminator's pack={discriminator.pack}, "
                          f"got {z.shape[0]}")
@@ -413,7 +441,11 @@ class GANConfig:
     Optimisation: Adam with ``lr``/``betas`` for ``steps`` steps of ``batch_size`` real and as many generated
     samples, the last ``final_fraction`` of them at ``lr * lr_drop`` for ``G`` and ``lr * d_lr_drop`` for ``D``;
     ``loss`` is the generator's loss. ``n_train`` points are drawn once from the mixture. With ``ema_decay > 0`` the
-    samples come from an exponential moving average of the generator's weights (:func:`gan_step`).
+    samples come from an exponential moving average of the generator's weights (:func:`gan_step`). With
+    ``noise_categories = k > 0`` the generator's latent is ``noise_dim`` Gaussian coordinates and the one-hot of one
+    of ``k`` equally likely categories, scaled by ``√k`` (:func:`draw_noise`): a mixture of ``k`` generators that
+    share their weights, so that no continuous path of noise has to join two modes; ``0`` is the plain Gaussian
+    latent.
     """
 
     hidden: int = 128
@@ -433,12 +465,14 @@ class GANConfig:
     loss: str = "non-saturating"
     n_train: int = 100_000
     ema_decay: float = 0.0
+    noise_categories: int = 0
 
     def __post_init__(self) -> None:
         check_int(self.hidden, "hidden", low=1)
         check_int(self.g_layers, "g_layers", low=0)
         check_int(self.d_layers, "d_layers", low=0)
         check_int(self.noise_dim, "noise_dim", low=1)
+        check_int(self.noise_categories, "noise_categories", low=0)
         check_int(self.pack, "pack", low=1)
         check_positive(self.d_unit, "d_unit")
         if not isinstance(self.init_through_data, bool):
@@ -466,7 +500,7 @@ RECIPES: dict[str, GANConfig] = {
     "ring": GANConfig(g_layers=3, pack=2, d_unit=0.1, init_through_data=True, steps=8000, batch_size=256,
                       final_fraction=0.4, ema_decay=0.999),
     "grid": GANConfig(g_layers=3, pack=2, d_unit=0.25, init_through_data=True, steps=24000, batch_size=128,
-                      final_fraction=0.25, ema_decay=0.999),
+                      final_fraction=0.25, ema_decay=0.999, noise_categories=25),
 }
 
 
@@ -510,7 +544,7 @@ def train_gan(
     seed = check_int(seed, "seed", low=0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        gen = Generator(config.noise_dim, data.shape[1], config.hidden, config.g_layers)
+        gen = Generator(config.noise_dim, data.shape[1], config.hidden, config.g_layers, config.noise_categories)
         disc = Discriminator(data.shape[1], config.hidden, config.d_layers, config.pack, config.d_unit)
     gen, disc = gen.to(device), disc.to(device)
     if config.init_through_data:
@@ -531,13 +565,14 @@ def train_gan(
 
 @torch.no_grad()
 def sample(generator: Generator, n: int, *, seed: int = 0) -> torch.Tensor:
-    """``n`` samples ``G(z)`` on the generator's device, with noise from a private generator seeded ``seed``."""
+    """``n`` samples ``G(z)`` on the generator's device, with latents (:func:`draw_noise`, with the generator's
+    ``categories``) from a private generator seeded ``seed``."""
     if not isinstance(generator, Generator):
         raise TypeError(f"generator: expected an mmlib.gan.Generator, got {type(generator).__name__}")
     device = next(generator.parameters()).device
     noise = torch.Generator(device=device)
     noise.manual_seed(check_int(seed, "seed", low=0))
-    return generator(draw_noise(n, generator.noise_dim, noise, device))
+    return generator(draw_noise(n, generator.noise_dim, noise, device, generator.categories))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

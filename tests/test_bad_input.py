@@ -491,7 +491,8 @@ def _gan_specs() -> list[Spec]:
                 "opt_d": torch.optim.Adam(d.parameters())}
 
     return [
-        Spec("gan.Generator", gan.Generator, lambda: {"noise_dim": 2, "data_dim": 2, "hidden": 8, "layers": 1}),
+        Spec("gan.Generator", gan.Generator,
+             lambda: {"noise_dim": 2, "data_dim": 2, "hidden": 8, "layers": 1, "categories": 3}),
         Spec("gan.Generator.forward", gen, lambda: {"z": _randn(8, 2)}),
         Spec("gan.Discriminator", gan.Discriminator,
              lambda: {"data_dim": 2, "hidden": 8, "layers": 1, "pack": 2, "unit": 0.5}),
@@ -506,7 +507,8 @@ def _gan_specs() -> list[Spec]:
              lambda: {"p_data": torch.rand(8, generator=_g()), "p_model": torch.rand(8, generator=_g(1)) + 0.1}),
         Spec("gan.article_eq4_loss", gan.article_eq4_loss,
              lambda: {"log_q_generated": _randn(8), "log_q_real": _randn(8, seed=1)}),
-        Spec("gan.draw_noise", gan.draw_noise, lambda: {"n": 8, "noise_dim": 2, "generator": _g(), "device": "cpu"}),
+        Spec("gan.draw_noise", gan.draw_noise,
+             lambda: {"n": 8, "noise_dim": 2, "generator": _g(), "device": "cpu", "categories": 3}),
         Spec("gan.gan_step", gan.gan_step,
              lambda: {**fresh_game(), "noise": _g(), "loss": "minimax", "lr_drop_at": 1, "lr_drop": 0.1,
                       "d_lr_drop": 0.5}),
@@ -522,7 +524,8 @@ def _gan_specs() -> list[Spec]:
         Spec("gan.GANConfig", gan.GANConfig,
              lambda: {"hidden": 8, "g_layers": 1, "d_layers": 1, "noise_dim": 2, "pack": 2, "d_unit": 0.5,
                       "init_through_data": True, "steps": 2, "batch_size": 16, "lr": 1e-3, "betas": (0.5, 0.9),
-                      "final_fraction": 0.5, "lr_drop": 0.1, "d_lr_drop": 0.1, "loss": "minimax", "n_train": 64}),
+                      "final_fraction": 0.5, "lr_drop": 0.1, "d_lr_drop": 0.1, "loss": "minimax", "n_train": 64,
+                      "noise_categories": 3}),
         Spec("gan.train_gan", gan.train_gan,
              lambda: {"data": _randn(64, 2), "config": tiny, "seed": 0, "device": "cpu", "progress": False,
                       "desc": "GAN"}),

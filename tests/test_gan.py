@@ -110,6 +110,9 @@ def test_init_through_data_puts_every_first_layer_hyperplane_on_a_real_sample():
         (lambda: gan.GANConfig(betas=(0.5, 1.0)), ValueError, "betas"),
         (lambda: gan.GANConfig(loss="hinge"), ValueError, "loss"),
         (lambda: gan.GANConfig(init_through_data=1), TypeError, "init_through_data"),
+        (lambda: gan.GANConfig(noise_categories=-1), ValueError, "noise_categories"),
+        (lambda: gan.GANConfig(noise_categories=2.0), TypeError, "noise_categories"),
+        (lambda: gan.draw_noise(4, 2, categories=-1), ValueError, "categories"),
         (lambda: gan.train_gan(torch.zeros(10, 2), "plain"), TypeError, "config"),
         (lambda: gan.train_gan(torch.full((600, 2), float("nan")), gan.PLAIN_GAN), ValueError, "data"),
         (lambda: gan.fit_mixture("spiral"), ValueError, "name"),
@@ -122,6 +125,21 @@ def test_init_through_data_puts_every_first_layer_hyperplane_on_a_real_sample():
 def test_bad_input_is_named(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_categorical_latent_is_a_scaled_one_hot_after_the_gaussian_noise():
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(gan.draw_noise(6, 2, a), torch.randn(6, 2, generator=b)), "k = 0: the old Gaussian noise"
+    a.manual_seed(3)
+    z = gan.draw_noise(1000, 2, a, categories=25)
+    assert z.shape == (1000, 27)
+    assert torch.equal(z[:, :2], torch.randn(1000, 2, generator=torch.Generator().manual_seed(3)))
+    one_hot = z[:, 2:]
+    assert torch.equal((one_hot != 0).sum(dim=1), torch.ones(1000, dtype=torch.long)) and one_hot.max() == 5.0
+    assert abs(float(one_hot.pow(2).mean(dim=0).mean()) - 1.0) < 1e-6, "each one-hot coordinate has mean square 1"
+    assert len(one_hot.argmax(dim=1).unique()) == 25
+    gen = gan.Generator(noise_dim=2, categories=25)
+    assert gen.latent_dim == 27 and gan.sample(gen, 10).shape == (10, 2)
 
 
 def test_generator_gradient_norms_checks_noise_width():
