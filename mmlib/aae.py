@@ -36,14 +36,13 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 from mmlib.checks import check_indices, check_int, check_positive, check_tensor
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
-from mmlib.experiments import register
+from mmlib.experiments import TrainedResult, register
 from mmlib.train import History, make_optimizer, train
 from mmlib.vae import (
     NUM_LEVELS,
     NUM_PIXELS,
     CategoricalDecoder,
     GaussianEncoder,
-    TrainedResult,
     _categorical_log_likelihood,
     _check_batch,
     _levels,

@@ -46,7 +46,7 @@ from mmlib.checks import (
 from mmlib.data import AUDIO_BINS, AUDIO_FRAMES, MODALITIES, MODALITY_SHAPES, TEXT_LENGTH, TEXT_VOCAB
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
-from mmlib.experiments import Result, register
+from mmlib.experiments import Result, TrainedResult, register
 from mmlib.train import History, make_optimizer, train
 
 __all__ = [
@@ -847,12 +847,14 @@ def _run_cgan(
 
 
 @register("cgan", "Chapter 06: conditional GANs caption → image and caption → sound; accuracy, diversity, FD per digit")
-def cgan_experiment(seed: int = 0, device: torch.device | None = None) -> Result:
-    """Experiment ``cgan``: :func:`run_cgan` with the chapter's pairs and recipe."""
+def cgan_experiment(seed: int = 0, device: torch.device | None = None) -> TrainedResult:
+    """Experiment ``cgan``: :func:`run_cgan` with the chapter's pairs and recipe. For the notebook (not written):
+    ``details["fits"]`` and ``details["evals"]``, :func:`run_cgan`'s fitted GANs and evaluations by (source, target)."""
     from mmlib.seed import seed_everything
 
     seed_everything(seed)
-    return run_cgan(seed=seed, device=device, progress=False)[2]
+    fits, evals, result = run_cgan(seed=seed, device=device, progress=False)
+    return TrainedResult(metrics=result.metrics, arrays=result.arrays, details={"fits": fits, "evals": evals})
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ import torch
 from mmlib.checkpoint import atomic_write_bytes
 from mmlib.checks import check_folder
 
-__all__ = ["Result", "Experiment", "register", "get_experiment", "list_experiments", "run_experiment", "write_result"]
+__all__ = ["Result", "TrainedResult", "Experiment", "register", "get_experiment", "list_experiments", "run_experiment",
+           "write_result"]
 
 #: Modules that register experiments, imported on demand (keep in course order).
 EXPERIMENT_MODULES: tuple[str, ...] = (
@@ -47,6 +49,20 @@ class Result:
 
     metrics: dict[str, Number]
     arrays: dict[str, np.ndarray | torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class TrainedResult(Result):
+    """A :class:`Result` that also hands what the run trained to the notebook that ran it (never written to disk).
+
+    ``models``: the trained models (or fitted objects holding them) by name; ``details``: what the notebook shows of
+    the training beside the figures (histories, per-run evaluations). A notebook that calls
+    ``run_experiment(NAME)`` so reports exactly what ``python -m mmlib run NAME`` writes, and can still plot and
+    probe the models behind it.
+    """
+
+    models: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

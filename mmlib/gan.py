@@ -48,7 +48,7 @@ from mmlib.checks import (
 )
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
-from mmlib.experiments import Result, register
+from mmlib.experiments import TrainedResult, register
 from mmlib.train import History, make_optimizer, train
 
 __all__ = [
@@ -630,34 +630,36 @@ def fit_mixture(
 
 
 def mixture_experiment(name: str, seed: int = 0, device: torch.device | str | None = None,
-                       progress: bool = True) -> Result:
+                       progress: bool = True) -> TrainedResult:
     """The plain GAN and the recipe on one mixture: the recipe's figures under the COURSE names (``modes_covered``,
     ``hq_fraction``, ``reverse_kl``), the plain GAN's prefixed ``plain_``, training times ``plain_seconds`` and
-    ``recipe_seconds``; arrays ``gen_xy`` (recipe) and ``plain_gen_xy``, :data:`N_EVAL` samples each."""
+    ``recipe_seconds``; arrays ``gen_xy`` (recipe) and ``plain_gen_xy``, :data:`N_EVAL` samples each. For the notebook
+    (not written): ``models[setting]`` the trained GAN, ``details[setting]`` the ``(metrics, samples, trained)`` of
+    :func:`fit_mixture`."""
     from mmlib.seed import seed_everything
 
     seed_everything(check_int(seed, "seed", low=0))
-    metrics: dict[str, float] = {}
-    arrays: dict[str, torch.Tensor] = {}
+    result = TrainedResult(metrics={})
     for setting in SETTINGS:
-        m, samples, _ = fit_mixture(name, setting, seed=seed, device=device, progress=progress)
+        fit = m, samples, trained = fit_mixture(name, setting, seed=seed, device=device, progress=progress)
         prefix = "plain_" if setting == "plain" else ""
-        metrics.update({f"{prefix}{k}": m[k] for k in TABLE_METRICS})
-        metrics[f"{setting}_seconds"] = m["seconds"]
-        arrays[f"{prefix}gen_xy"] = samples.cpu()
-    metrics["modes_covered"] = int(metrics["modes_covered"])
-    metrics["plain_modes_covered"] = int(metrics["plain_modes_covered"])
-    return Result(metrics=metrics, arrays=arrays)
+        result.metrics.update({f"{prefix}{k}": m[k] for k in TABLE_METRICS})
+        result.metrics[f"{setting}_seconds"] = m["seconds"]
+        result.arrays[f"{prefix}gen_xy"] = samples.cpu()
+        result.models[setting], result.details[setting] = trained, fit
+    result.metrics["modes_covered"] = int(result.metrics["modes_covered"])
+    result.metrics["plain_modes_covered"] = int(result.metrics["plain_modes_covered"])
+    return result
 
 
 @register("gan-ring", "Chapter 03: plain GAN vs the course's recipe on PacGAN's ring of 8 Gaussians")
-def gan_ring(seed: int = 0, device: torch.device | None = None) -> Result:
-    return mixture_experiment("ring", seed, device)
+def gan_ring(seed: int = 0, device: torch.device | None = None) -> TrainedResult:
+    return mixture_experiment("ring", seed, device, progress=False)
 
 
 @register("gan-grid", "Chapter 03: plain GAN vs the course's recipe on PacGAN's grid of 25 Gaussians")
-def gan_grid(seed: int = 0, device: torch.device | None = None) -> Result:
-    return mixture_experiment("grid", seed, device)
+def gan_grid(seed: int = 0, device: torch.device | None = None) -> TrainedResult:
+    return mixture_experiment("grid", seed, device, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

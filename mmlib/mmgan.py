@@ -61,7 +61,7 @@ from mmlib.checks import (
 from mmlib.data import MODALITIES, TEXT_LENGTH, TEXT_VOCAB
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
-from mmlib.experiments import Result, register
+from mmlib.experiments import Result, TrainedResult, register
 from mmlib.train import History, make_optimizer, train
 
 __all__ = [
@@ -606,12 +606,15 @@ def run_mmgan(
 
 
 @register("mmgan", "Chapter 08: joint GAN for image, caption and sound vs the multimodal VAE, and their combination")
-def mmgan_experiment(seed: int = 0, device: torch.device | None = None) -> Result:
-    """Experiment ``mmgan``: :func:`run_mmgan` with the chapter's settings."""
+def mmgan_experiment(seed: int = 0, device: torch.device | None = None) -> TrainedResult:
+    """Experiment ``mmgan``: :func:`run_mmgan` with the chapter's settings. For the notebook (not written):
+    ``models["gan"]``, ``models["vae"]`` and ``models["decoder"]``, what :func:`run_mmgan` trained."""
     from mmlib.seed import seed_everything
 
     seed_everything(seed)
-    return run_mmgan(seed=seed, device=device, progress=False)[3]
+    gan, vae, decoder, result = run_mmgan(seed=seed, device=device, progress=False)
+    return TrainedResult(metrics=result.metrics, arrays=result.arrays,
+                         models={"gan": gan, "vae": vae, "decoder": decoder})
 
 
 # ---------------------------------------------------------------------------------------------------------------------

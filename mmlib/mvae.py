@@ -36,7 +36,7 @@ from mmlib.classifiers import Classifier
 from mmlib.data import MultimodalDigits, Split
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
-from mmlib.experiments import Result, register
+from mmlib.experiments import Result, TrainedResult, register
 from mmlib.fusion import (
     _mixture_log_prob,
     _mixture_of_experts,
@@ -1103,23 +1103,31 @@ def run_mvae(
     return model, history, Result(metrics=metrics, arrays=arrays)
 
 
+def mvae_experiment(fusion: str, seed: int = 0, device: torch.device | None = None) -> TrainedResult:
+    """Experiment ``mvae-<fusion>``: :func:`run_mvae` with the default :class:`MVAEConfig`. For the notebook (not
+    written): ``models["mvae"]``, the trained model, and ``details["history"]``, its training history."""
+    model, history, result = run_mvae(fusion, seed=seed, device=device, progress=False)
+    return TrainedResult(metrics=result.metrics, arrays=result.arrays, models={"mvae": model},
+                         details={"history": history})
+
+
 @register("mvae-poe", "Chapter 07: multimodal VAE, product of experts (MVAE); coherence, FD, probe, retrieval")
-def mvae_poe_experiment(seed: int = 0, device: torch.device | None = None) -> Result:
-    """Experiment ``mvae-poe``: :func:`run_mvae` with the product of experts."""
-    return run_mvae("poe", seed=seed, device=device, progress=False)[2]
+def mvae_poe_experiment(seed: int = 0, device: torch.device | None = None) -> TrainedResult:
+    """Experiment ``mvae-poe``: :func:`mvae_experiment` with the product of experts."""
+    return mvae_experiment("poe", seed, device)
 
 
 @register("mvae-moe", "Chapter 07: multimodal VAE, mixture of experts (MMVAE); coherence, FD, probe, retrieval")
-def mvae_moe_experiment(seed: int = 0, device: torch.device | None = None) -> Result:
-    """Experiment ``mvae-moe``: :func:`run_mvae` with the mixture of experts."""
-    return run_mvae("moe", seed=seed, device=device, progress=False)[2]
+def mvae_moe_experiment(seed: int = 0, device: torch.device | None = None) -> TrainedResult:
+    """Experiment ``mvae-moe``: :func:`mvae_experiment` with the mixture of experts."""
+    return mvae_experiment("moe", seed, device)
 
 
 @register("mvae-mopoe", "Chapter 07: multimodal VAE, mixture of products of experts (MoPoE); coherence, FD, probe, "
           "retrieval")
-def mvae_mopoe_experiment(seed: int = 0, device: torch.device | None = None) -> Result:
-    """Experiment ``mvae-mopoe``: :func:`run_mvae` with the mixture of products of experts."""
-    return run_mvae("mopoe", seed=seed, device=device, progress=False)[2]
+def mvae_mopoe_experiment(seed: int = 0, device: torch.device | None = None) -> TrainedResult:
+    """Experiment ``mvae-mopoe``: :func:`mvae_experiment` with the mixture of products of experts."""
+    return mvae_experiment("mopoe", seed, device)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

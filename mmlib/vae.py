@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ from torch.distributions import Normal
 from mmlib.checks import check_choice, check_generator, check_int, check_positive, check_probability, check_tensor
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
-from mmlib.experiments import Result, register
+from mmlib.experiments import TrainedResult, register
 from mmlib.train import History, loss_step, make_optimizer, train
 
 __all__ = [
@@ -92,13 +92,6 @@ LR = 2e-3
 #: Importance samples per test image and the bounds reported (ELBO = K 1; each K averaged over n/K repeats).
 EVAL_SAMPLES = 2000
 EVAL_KS: tuple[int, ...] = (1, 10, 100, 1000)
-
-
-@dataclass
-class TrainedResult(Result):
-    """A :class:`~mmlib.experiments.Result` that also hands the trained models to the notebook (never written)."""
-
-    models: dict[str, nn.Module] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -417,19 +417,23 @@ assert nll_data > 1e6 and log_sigma.exp().item() < 1e-2, (
 # $\beta = (0.5, 0.9)$, learning rate $10^{-3}$, 2,000 steps of 512 samples) on each mixture. We score 2,500 samples,
 # as the papers do.
 #
-# The cell below also trains the course's recipe of section 7 on both mixtures: the four runs do not depend on each
-# other, so they train at the same time, one per CPU core, the longest first (`mmlib.parallel.run_jobs`: each run in
-# a worker process on one thread; on a GPU or a single core, one after the other). Each run is seeded by its own
-# arguments, so the numbers are the same either way — only the wait is shorter (about a minute in all).
+# The cell below runs the chapter's two registered experiments, `gan-grid` and `gan-ring` — the same calls as
+# `python -m mmlib run gan-grid --seed 0 --out DIR` — each of which trains the plain GAN and also the course's recipe
+# of section 7 (`mmlib.gan.fit_mixture`). The two experiments do not depend on each other, so they train at the same
+# time, one per CPU core (`mmlib.parallel.run_jobs`: each in a worker process on one thread; on a GPU or a single
+# core, one after the other). Each run is seeded by its own arguments, so the numbers are the same either way — only
+# the wait is shorter (about a minute in all).
 
 # %%
-from mmlib.gan import fit_mixture
+from mmlib.experiments import run_experiment
 from mmlib.parallel import run_jobs
 
-RUNS = [(setting, name) for setting in ("recipe", "plain") for name in ("grid", "ring")]
-fits = run_jobs([(fit_mixture, {"name": name, "setting": setting, "seed": SEED, "device": device, "progress": False})
-                 for setting, name in RUNS], device=device, desc="plain GAN and recipe, ring and grid")
-fitted = dict(zip(RUNS, fits))
+EXPERIMENTS = {"grid": "gan-grid", "ring": "gan-ring"}  # the grid's is the longer one: it starts first
+experiments = run_jobs([(run_experiment, {"name": name, "seed": SEED, "device": device}) for name in EXPERIMENTS.values()],
+                       device=device, desc="experiments gan-grid and gan-ring")
+# per (setting, mixture): fit_mixture's (metrics, samples, trained GAN)
+fitted = {(setting, mixture): result.details[setting] for mixture, result in zip(EXPERIMENTS, experiments)
+          for setting in ("plain", "recipe")}
 plain = {name: fitted["plain", name] for name in ("ring", "grid")}
 
 # %%

@@ -501,9 +501,9 @@ assert error_6["correct: E_q[γ||x − f(z)||²] + β KL"] < 0.5 * error_6["init
 # were chosen on the validation split (exercise 04.1 asks what happens without them).
 
 # %%
-from mmlib.vae import vae_digits
+from mmlib.experiments import run_experiment
 
-result = vae_digits(seed=0, device=device)
+result = run_experiment("vae-digits", seed=0, device=device)
 vae = result.models["vae"]
 metrics = result.metrics
 

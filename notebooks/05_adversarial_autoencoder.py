@@ -213,9 +213,9 @@ assert all(history_inline[k] == history_mmlib[k] for k in history_inline.keys())
 # - **AAE + labels** — the same, but the discriminator also sees the digit (end of section 4).
 
 # %%
-from mmlib.aae import aae_digits
+from mmlib.experiments import run_experiment
 
-result = aae_digits(seed=0, device=device)
+result = run_experiment("aae-digits", seed=0, device=device)
 metrics, arrays = result.metrics, result.arrays
 
 # %% [markdown] slideshow={"slide_type": "slide"}

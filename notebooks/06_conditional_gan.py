@@ -268,16 +268,17 @@ assert gap < 1e-5, "the inline step and mmlib.cgan.cgan_step train the same netw
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # **Training.** `mmlib.cgan.run_cgan` trains both pairs with this step (1,500 steps of 128 pairs, Adam with
-# $\beta_1 = 0.5$, lazy R1) and evaluates them; it is the function behind `python -m mmlib run cgan`, so the numbers below
-# are the experiment's. The two pairs' GANs do not depend on each other, so they train at the same time, one per CPU
+# $\beta_1 = 0.5$, lazy R1) and evaluates them. The cell runs it as the registered experiment `cgan` — the same call
+# as `python -m mmlib run cgan --seed 0 --out DIR` — so the numbers below are the experiment's. The two pairs' GANs do not depend on each other, so they train at the same time, one per CPU
 # core (`mmlib.parallel.run_jobs`; on a GPU or a single core, one after the other) — with the same numbers either way,
 # since each run is seeded by its own arguments.
 
 # %%
-from mmlib.cgan import PAIRS, run_cgan
+from mmlib.cgan import PAIRS
+from mmlib.experiments import run_experiment
 
-fits, evals, result = run_cgan(seed=0, device=device)
-metrics = result.metrics
+result = run_experiment("cgan", seed=0, device=device)
+fits, evals, metrics = result.details["fits"], result.details["evals"], result.metrics
 
 # %%
 from mmlib.plot import loss_curves

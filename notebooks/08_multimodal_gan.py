@@ -225,16 +225,18 @@ assert gap < 1e-5, "the inline step and mmlib.mmgan.mmgan_step train the same ne
 # **Training and the comparison.** `mmlib.mmgan.run_mmgan` trains the GAN (1,500 steps of 128 triples) and, beside
 # it, chapter 07's best multimodal VAE, the mixture of experts with its refitted prior (`mmlib.mvae.run_mvae("moe")`,
 # the function behind `python -m mmlib run mvae-moe`), followed by the combination of section 5; then it evaluates all
-# of them. It is the function behind `python -m mmlib run mmgan`, so the numbers below are the experiment's.
+# of them. The cell runs it as the registered experiment `mmgan` — the same call as
+# `python -m mmlib run mmgan --seed 0 --out DIR` — so the numbers below are the experiment's.
 #
 # The GAN and the VAE do not depend on each other, so they train at the same time, one per CPU core
 # (`mmlib.parallel.run_jobs`: each run in a worker process on one thread; on a GPU or a single core, one after the
 # other). Each run is seeded by its own arguments, so the numbers are the same either way — only the wait is shorter.
 
 # %%
-from mmlib.mmgan import run_mmgan
+from mmlib.experiments import run_experiment
 
-gan, vae, decoder, result = run_mmgan(seed=0, device=device)
+result = run_experiment("mmgan", seed=0, device=device)
+gan, vae, decoder = (result.models[k] for k in ("gan", "vae", "decoder"))
 metrics = result.metrics
 
 # %%

@@ -324,7 +324,7 @@ def _chapter_specs() -> list[Spec]:
 #   (seconds to minutes per call, far too slow for dozens of broken calls); they validate their arguments through
 #   the functions below (fit_vae, fit_model, fit_mixture, fit_cgan, ...), which are tested here with tiny settings;
 # - gan.environment (no arguments); constants (NUM_LEVELS, PRIOR_STD, RECIPES, ...);
-# - plain result containers without validation (vae.TrainedResult, vae.Bound, aae.Optimisers, aae.MMDTest,
+# - plain result containers without validation (experiments.TrainedResult, vae.Bound, aae.Optimisers, aae.MMDTest,
 #   gan.TrainedGAN, cgan.FittedCGAN, cgan.CGANEvaluation); the validated configs GANConfig and CGANConfig are here;
 # - the ``config`` of gan.fit_mixture and cgan.fit_cgan is held at the tiny one: broken to ``None`` it means the
 #   chapter's full recipe (about 8 s a call).
