@@ -616,13 +616,13 @@ for name in ("ring", "grid"):
 #   on one mode. Read the three columns together.
 # - *Modes*: the recipe covers every mode in every seed (8.0 and 25.0), at least PacGAN's best rows (7.9 with
 #   PacGAN2 on the ring, 24.8 with PacGAN4 on the grid), with an even spread (reverse KL below 0.01 in our definition).
-# - *Sharpness*: on the ring the recipe's high-quality fraction, 96.5 ± 0.5 %, is **above** PacGAN's best row with
+# - *Sharpness*: on the ring the recipe's high-quality fraction, 96.5 ± 0.8 %, is **above** PacGAN's best row with
 #   8 of 8 modes (PacGAN2: 95.6 %, 7.9 modes); PacGAN3's 97.7 % is sharper but misses modes (7.8). On the grid,
-#   99.6 ± 0.4 % is **above** PacGAN's best rows (93.6 % with PacGAN4, 94.2 % with PacGAN3) — but only since the
+#   100.0 ± 0.0 % is **above** PacGAN's best rows (93.6 % with PacGAN4, 94.2 % with PacGAN3) — but only since the
 #   recipe's generator has one category per mode (ingredient 7), which assumes what PacGAN did not: that we know
-#   there are 25 modes. Without the categories the recipe stayed one point short (92.8 ± 0.2 %) within a minute of
-#   training on one CPU core (PacGAN: 400 epochs over 100,000 points). Both are far above the plain GAN's and
-#   VEEGAN's. 99.6 % is also above the real samples' own 99.1 % (section 1): the recipe's modes are *narrower* than
+#   there are 25 modes. Without the categories the recipe stayed one point short (92.8 ± 0.2 % when we measured it)
+#   within a minute of training on one CPU core (PacGAN: 400 epochs over 100,000 points). Both are far above the plain GAN's and
+#   VEEGAN's. 100 % is also above the real samples' own 99.1 % (section 1): the recipe's modes are *narrower* than
 #   the data's, which this metric does not punish.
 # - *Spread over seeds*: the standard deviations are over 3 seeds (population), PacGAN's ± are standard errors
 #   over 10 runs — not the same statistic.

@@ -291,16 +291,19 @@ assert metrics["mmd_p_ae"] < 0.05 and metrics["mmd_p_vae"] < 0.05, (
 assert abs(metrics["mmd_real_vs_real"]) < metrics["mmd_aae"], "two prior samples are closer still: the noise floor"
 
 # %% [markdown]
-# For this seed the AAE's MMD² is more than ten times smaller than the others', and the test cannot tell its codes
-# from prior draws at the 5 % level. The match is close rather than exact: the AAE's MMD² is still above the
-# real-vs-real value. Rerun the experiment with another seed (`python -m mmlib run aae-digits --seed 1`) to see how
-# much of this is luck: the AAE should stay ahead, but by how much, and does the permutation test still accept it?
+# For this seed the AAE's MMD² is about a fifth of the plain autoencoder's and a seventh of the VAE's — and yet the
+# permutation test still tells its codes from prior draws at the 5 % level: closer, not indistinguishable. How much
+# of this is luck? One adversarial run is one draw of a noisy game. Rerun the experiment with other seeds
+# (`python -m mmlib run aae-digits --seed 1 --out runs/aae1`, then `--seed 2`): does the AAE stay
+# ahead of both, by how much, and does the test ever accept its codes?
 
 # %%
-assert metrics["mmd_aae"] < metrics["mmd_vae"] / 10 and metrics["mmd_aae"] < metrics["mmd_ae"] / 10, (
-    "the AAE's MMD² is more than ten times smaller than the AE's and the VAE's"
+assert metrics["mmd_aae"] < metrics["mmd_ae"] / 4 and metrics["mmd_aae"] < metrics["mmd_vae"] / 4, (
+    "for this seed the AAE's MMD² is more than four times smaller than the AE's and the VAE's"
 )
-assert metrics["mmd_p_aae"] >= 0.05, "for this seed the permutation test cannot reject 'AAE codes ~ prior' at 5 %"
+assert metrics["mmd_p_aae"] < 0.05 and metrics["mmd_aae"] > metrics["mmd_null95_aae"], (
+    "for this seed the permutation test still tells the AAE's codes from the prior: closer is not the same"
+)
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ### Generation: decode draws of the prior
@@ -397,9 +400,9 @@ assert metrics["components_covered_aae_labels"] == 10, "every digit fills its ow
 #   the latent codes, whose equilibrium makes the **aggregate posterior** equal the prior.
 # - It needs only samples of the prior. A VAE needs $\log p(z)$ inside a KL that, for a mixture, has no closed form,
 #   and its per-image KL left part of our ring prior empty.
-# - Measured with MMD² (Gaussian kernel, $h = 1$) and a permutation test, the AAE's codes were far closer to the prior
-#   than the VAE's and the plain autoencoder's; decoding prior draws then gave samples closer to the data (FD) with
-#   a more even mix of digits.
+# - Measured with MMD² (Gaussian kernel, $h = 1$), the AAE's codes were several times closer to the prior than the
+#   VAE's and the plain autoencoder's, though a permutation test could still tell them from prior draws; decoding
+#   prior draws then gave samples closer to the data (FD) with a more even mix of digits.
 # - Given the label, the discriminator places each digit in its own component: sampling component $k$ generates
 #   digit $k$. Chapter 06 conditions on another *modality* instead of a label.
 # - What the AAE gives up: without a density model of $q$ there is no ELBO, so no likelihood to report — compare

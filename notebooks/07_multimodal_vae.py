@@ -372,7 +372,6 @@ from mmlib.parallel import run_jobs
 config = MVAEConfig()  # the experiments' settings
 start = time.perf_counter()
 EXPERIMENTS = {"poe": "mvae-poe", "moe": "mvae-moe", "mopoe": "mvae-mopoe"}  # fusion -> registered experiment
-assert tuple(EXPERIMENTS) == FUSIONS
 runs = run_jobs([(run_experiment, {"name": name, "seed": 0, "device": device}) for name in EXPERIMENTS.values()],
                 device=device, desc="three fusions")
 results = dict(zip(EXPERIMENTS, runs))
@@ -461,8 +460,8 @@ plt.show()
 #    fusion — some 80 times chance (about 1 %) — and ≥ 90 % with the best fusion: **the joint-coherence target is
 #    met** (the next cells show what the refit adds).
 # 4. The product of experts, trained as MVAE, is by far the least cross-coherent — yet it has the best test ELBO and
-#    the most data-like images and sounds (lowest FD): it models each modality well and links them poorly. A good
-#    likelihood is not a good multimodal model.
+#    by far the most data-like sounds (an audio FD under half the mixtures'): it models each modality well and links
+#    them poorly. A good likelihood is not a good multimodal model.
 # 5. Every fusion's joint samples are farther from the data than the data from itself (FD above the baseline):
 #    the typical samples are averages over the styles that $z$ does not know.
 
@@ -490,8 +489,8 @@ assert metrics[best]["joint_coherence"] >= 0.9, "best fusion: joint coherence >=
 assert all(metrics[f]["joint_coherence"] >= 0.8 for f in FUSIONS), "every fusion's joint coherence >= 80 % (80 x chance)"
 assert mean_cross["poe"] < min(mean_cross[f] for f in mixtures) - 0.2, "PoE (MVAE) is the least cross-coherent"
 assert metrics["poe"]["test_elbo"] > max(metrics[f]["test_elbo"] for f in mixtures), "... but PoE has the best test ELBO"
-assert all(metrics["poe"][f"fd_{x}"] < min(metrics[f][f"fd_{x}"] for f in mixtures) for x in ("image", "audio")), \
-    "... and the lowest FD for images and sounds"
+assert metrics["poe"]["fd_audio"] < 0.5 * min(metrics[f]["fd_audio"] for f in mixtures), \
+    "... and by far the lowest FD for sounds (under half the mixtures')"
 assert all(metrics[f][f"fd_{x}"] > metrics[f][f"fd_baseline_{x}"] for f in FUSIONS for x in MODALITIES), \
     "every fusion's joint samples are farther from the test data than its two halves from each other"
 
