@@ -630,7 +630,9 @@ def _cgan_specs() -> list[Spec]:
 
 
 def _chapter07_specs() -> list[Spec]:
-    """Public functions of notebook 07's modules (fusion and the multimodal VAE)."""
+    """Public functions of notebook 07's modules (fusion and the multimodal VAE). Left out: the whole-experiment
+    runners run_mvae, mvae_experiment and the registered mvae_poe/moe/mopoe_experiment (a minute a call; their
+    arguments go through train_mvae and evaluate_mvae, tested here)."""
     from mmlib import fusion, mvae
     from mmlib.data import load_multimodal_digits
 
