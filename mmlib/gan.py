@@ -634,19 +634,18 @@ def mixture_experiment(name: str, seed: int = 0, device: torch.device | str | No
     """The plain GAN and the recipe on one mixture: the recipe's figures under the COURSE names (``modes_covered``,
     ``hq_fraction``, ``reverse_kl``), the plain GAN's prefixed ``plain_``, training times ``plain_seconds`` and
     ``recipe_seconds``; arrays ``gen_xy`` (recipe) and ``plain_gen_xy``, :data:`N_EVAL` samples each. For the notebook
-    (not written): ``models[setting]`` the trained GAN, ``details[setting]`` the ``(metrics, samples, trained)`` of
-    :func:`fit_mixture`."""
+    (not written): ``details[setting]``, the ``(metrics, samples, trained GAN)`` of :func:`fit_mixture`."""
     from mmlib.seed import seed_everything
 
     seed_everything(check_int(seed, "seed", low=0))
     result = TrainedResult(metrics={})
     for setting in SETTINGS:
-        fit = m, samples, trained = fit_mixture(name, setting, seed=seed, device=device, progress=progress)
+        fit = m, samples, _ = fit_mixture(name, setting, seed=seed, device=device, progress=progress)
         prefix = "plain_" if setting == "plain" else ""
         result.metrics.update({f"{prefix}{k}": m[k] for k in TABLE_METRICS})
         result.metrics[f"{setting}_seconds"] = m["seconds"]
         result.arrays[f"{prefix}gen_xy"] = samples.cpu()
-        result.models[setting], result.details[setting] = trained, fit
+        result.details[setting] = fit
     result.metrics["modes_covered"] = int(result.metrics["modes_covered"])
     result.metrics["plain_modes_covered"] = int(result.metrics["plain_modes_covered"])
     return result
