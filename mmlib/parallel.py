@@ -1,4 +1,4 @@
-"""Independent training runs side by side, one per CPU core (notebooks 03 and 08).
+"""Independent training runs side by side, one per CPU core (notebooks 03 to 08).
 
 The course's networks are small: one training run keeps one core busy (:func:`mmlib.device.one_cpu_thread`), and a
 second thread inside the same run mostly waits for the first. Runs that do not depend on each other — the plain GAN and

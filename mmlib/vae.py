@@ -737,19 +737,33 @@ def beta_sweep(
 ) -> list[dict[str, float]]:
     """Fit one VAE per ``beta`` (same seed, ``steps`` each) and measure its test ``rate`` and ``distortion``.
 
-    Returns ``[{"beta", "rate", "distortion", "elbo"}]`` in nats per image, one row per beta, in the given order."""
+    The fits do not depend on each other, so they run side by side, one per CPU core (:func:`mmlib.parallel.run_jobs`,
+    the same numbers as one after the other). Returns ``[{"beta", "rate", "distortion", "elbo"}]`` in nats per image,
+    one row per beta, in the given order."""
+    from mmlib.parallel import run_jobs
+
     if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or not betas:
         raise TypeError(f"betas: expected a non-empty sequence of numbers, got {betas!r}")
     betas = [check_positive(b, f"betas[{i}]") for i, b in enumerate(betas)]
     _check_images(train_images, "train_images")
     _check_images(test_images, "test_images")
-    rows = []
-    for b in betas:
-        model, _ = fit_vae(train_images, beta=b, steps=steps, latent_dim=latent_dim, seed=seed, progress=progress,
-                           desc=f"VAE, beta = {b:g}")
-        rate, distortion = rate_distortion(model, test_images, seed=seed)
-        rows.append({"beta": b, "rate": rate, "distortion": distortion, "elbo": -(rate + distortion)})
-    return rows
+    steps = check_int(steps, "steps", low=1)
+    seed = check_int(seed, "seed", low=0)
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress: expected True or False, got {progress!r}")
+    job = {"train_images": train_images, "test_images": test_images, "steps": steps, "latent_dim": latent_dim,
+           "seed": seed}
+    return run_jobs([(_sweep_point, dict(job, beta=b)) for b in betas], device=train_images.device,
+                    progress=progress, desc="β sweep")
+
+
+def _sweep_point(
+    train_images: torch.Tensor, test_images: torch.Tensor, beta: float, steps: int, latent_dim: int, seed: int
+) -> dict[str, float]:
+    """One row of :func:`beta_sweep`: fit a VAE with ``beta``, then its test rate and distortion."""
+    model, _ = fit_vae(train_images, beta=beta, steps=steps, latent_dim=latent_dim, seed=seed, progress=False)
+    rate, distortion = rate_distortion(model, test_images, seed=seed)
+    return {"beta": beta, "rate": rate, "distortion": distortion, "elbo": -(rate + distortion)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -591,7 +591,8 @@ assert recon_error < 0.5 * mean_image_error, "reconstructions are far closer to 
 # Split the negative ELBO into **rate** $R = \mathbb E_x\,\mathrm{KL}(q(z\mid x)\,\|\,p(z))$ (nats the code carries
 # about each image) and **distortion** $D = -\mathbb E_x\mathbb E_q[\log p(x\mid z)]$. A β-VAE (Higgins et al.,
 # 2017) minimises $D + \beta R$: $\beta > 1$ buys a cheaper code with worse reconstructions, $\beta < 1$ the reverse
-# (Alemi et al., 2018). Four short runs (800 steps each, so the β = 1 point is not section 3's longer-trained model):
+# (Alemi et al., 2018). Four short runs (800 steps each, so the β = 1 point is not section 3's longer-trained model),
+# side by side, one per CPU core (`mmlib.parallel.run_jobs`; the same numbers as one after the other):
 
 # %%
 from mmlib.vae import beta_sweep

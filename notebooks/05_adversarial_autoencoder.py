@@ -205,7 +205,8 @@ assert all(history_inline[k] == history_mmlib[k] for k in history_inline.keys())
 # ## 3 · Estimate: four models, one prior
 #
 # Experiment `aae-digits` (also `python -m mmlib run aae-digits --out DIR`) fits, with the same architecture, seed
-# and 2,000 steps each:
+# and 2,000 steps each, side by side, one per CPU core (`mmlib.parallel.run_jobs`; the same numbers as one after the
+# other):
 #
 # - **AE** — a plain autoencoder: reconstruction only, nothing shapes the codes;
 # - **VAE** — the ring prior with the Monte Carlo KL above;
