@@ -246,15 +246,47 @@ print(h.hexdigest())
 """
 
 
-def test_two_fresh_processes_generate_identical_data():
-    env = {**os.environ, "MMLIB_DEVICE": "cpu", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("MMLIB_DATA_DIR", None)
-    procs = [subprocess.Popen([sys.executable, "-c", _HASH_SCRIPT], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+def _data_folder(path: Path) -> Path:
+    """A data folder holding only a copy of the stored digits (so nothing is cached there yet)."""
+    path.mkdir()
+    (path / D.DIGITS_FILE).write_bytes((ROOT / "data" / D.DIGITS_FILE).read_bytes())
+    return path
+
+
+def _dataset_hashes(folders: list[Path]) -> list[str]:
+    """The dataset's hash in a fresh process per folder (run side by side), with ``MMLIB_DATA_DIR`` = the folder."""
+    base = {**os.environ, "MMLIB_DEVICE": "cpu", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _HASH_SCRIPT], cwd=ROOT, env={**base, "MMLIB_DATA_DIR": str(f)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for f in folders]
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err
-    assert outs[0][0].strip() == outs[1][0].strip() and len(outs[0][0].strip()) == 64
+    return [out.strip() for out, _err in outs]
+
+
+def test_two_fresh_processes_generate_identical_data_and_the_cache_holds_it_bit_for_bit(tmp_path):
+    first, second = _data_folder(tmp_path / "a"), _data_folder(tmp_path / "b")
+    generated = _dataset_hashes([first, second])  # nothing cached yet: both generate (and leave a cache file)
+    assert generated[0] == generated[1] and len(generated[0]) == 64
+    cached = list((first / "cache").glob("digits-*.pt"))
+    assert len(cached) == 1, "the first load leaves the generated dataset in <data>/cache/"
+    assert _dataset_hashes([first]) == generated[:1], "a process that reads the cache gets the same bits"
+
+
+def test_a_damaged_cache_file_is_generated_again(tmp_path):
+    folder = _data_folder(tmp_path / "data")
+    fresh = D._generate(str(folder))
+    path = D._cache_file(str(folder))
+    path.parent.mkdir()
+    path.write_bytes(b"not a torch file")
+    loaded = D._build.__wrapped__(str(folder))
+    for name in D.SPLITS:
+        for modality in D.MODALITIES:
+            assert torch.equal(loaded.split(name)[modality], fresh.split(name)[modality])
+        assert torch.equal(loaded.waveforms[name], fresh.waveforms[name])
+    again = D._build.__wrapped__(str(folder))  # the damaged file was replaced by a good one
+    assert torch.equal(again.test["audio"], fresh.test["audio"])
+    assert list(again.test.style) == list(fresh.test.style) and list(again.test.x) == list(D.MODALITIES)
 
 
 def test_data_experiment_exports_everything(tmp_path, ds):
