@@ -326,8 +326,8 @@ def _chapter_specs() -> list[Spec]:
 # - gan.environment (no arguments); constants (NUM_LEVELS, PRIOR_STD, RECIPES, ...);
 # - plain result containers without validation (experiments.TrainedResult, vae.Bound, aae.Optimisers, aae.MMDTest,
 #   gan.TrainedGAN, cgan.FittedCGAN, cgan.CGANEvaluation); the validated configs GANConfig and CGANConfig are here;
-# - the ``config`` of gan.fit_mixture and cgan.fit_cgan is held at the tiny one: broken to ``None`` it means the
-#   chapter's full recipe (about 8 s a call).
+# - the ``config`` of gan.fit_mixture, cgan.fit_cgan, mvae.train_mvae and mmgan.fit_mmgan is held at the tiny one:
+#   broken to ``None`` it means the chapter's full recipe (8-30 s a call).
 def _images(n: int = 16) -> torch.Tensor:
     from mmlib.data import load_multimodal_digits
 
@@ -771,9 +771,12 @@ def _chapter08_specs() -> list[Spec]:
         Spec("cgan.GameConfig", cgan.GameConfig,
              lambda: {"steps": 2, "batch_size": 8, "lr": 1e-3, "betas": (0.5, 0.9), "r1_weight": 1.0, "r1_every": 2,
                       "mismatch": True, "ema_decay": 0.9}),
-        Spec("mmgan.fit_mmgan", mmgan.fit_mmgan,
-             lambda: {"data": dict(triple), "labels": digits.clone(), "config": game, "seed": 0, "device": "cpu",
-                      "progress": False}),
+        # config held at the tiny one: broken to None it means the chapter's full training (20 s a call); a config
+        # of the wrong type is tested in tests/test_mmgan.py
+        Spec("mmgan.fit_mmgan",
+             lambda data, labels, seed, device, progress: mmgan.fit_mmgan(
+                 data, labels, config=game, seed=seed, device=device, progress=progress),
+             lambda: {"data": dict(triple), "labels": digits.clone(), "seed": 0, "device": "cpu", "progress": False}),
         Spec("mmgan.generate_joint", mmgan.generate_joint, lambda: {"generator": G, "n": 4, "seed": 0}),
         Spec("mmgan.discriminator_scores", mmgan.discriminator_scores,
              lambda: {"discriminator": D, "x": dict(triple), "y": digits.clone()}),
