@@ -663,8 +663,7 @@ def aae_digits(seed: int = 0, device: torch.device | None = None) -> TrainedResu
                     device=dev, progress=False)
     trained = {kind: model for kind, (model, _) in zip(order, fits)}
     for kind in KINDS:
-        model = trained[kind]
-        models[kind] = model
+        models[kind] = model = trained[kind]
         key = kind.replace("-", "_")
         codes = latent_codes(model, test_x, seed=seed)
         test = mmd_permutation_test(codes, prior_z[n_test:], seed=seed)

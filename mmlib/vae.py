@@ -749,8 +749,6 @@ def beta_sweep(
     _check_images(test_images, "test_images")
     steps = check_int(steps, "steps", low=1)
     seed = check_int(seed, "seed", low=0)
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress: expected True or False, got {progress!r}")
     job = {"train_images": train_images, "test_images": test_images, "steps": steps, "latent_dim": latent_dim,
            "seed": seed}
     return run_jobs([(_sweep_point, dict(job, beta=b)) for b in betas], device=train_images.device,
