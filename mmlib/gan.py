@@ -499,7 +499,7 @@ PLAIN_GAN: GANConfig = GANConfig()
 RECIPES: dict[str, GANConfig] = {
     "ring": GANConfig(g_layers=3, pack=2, d_unit=0.1, init_through_data=True, steps=8000, batch_size=256,
                       final_fraction=0.4, ema_decay=0.999),
-    "grid": GANConfig(g_layers=3, pack=2, d_unit=0.25, init_through_data=True, steps=24000, batch_size=128,
+    "grid": GANConfig(g_layers=3, pack=2, d_unit=0.25, init_through_data=True, steps=14000, batch_size=256,
                       final_fraction=0.25, ema_decay=0.999, noise_categories=25),
 }
 

@@ -422,7 +422,7 @@ assert nll_data > 1e6 and log_sigma.exp().item() < 1e-2, (
 # of section 7 (`mmlib.gan.fit_mixture`). The two experiments do not depend on each other, so they train at the same
 # time, one per CPU core (`mmlib.parallel.run_jobs`: each in a worker process on one thread; on a GPU or a single
 # core, one after the other). Each run is seeded by its own arguments, so the numbers are the same either way — only
-# the wait is shorter (about a minute in all).
+# the wait is shorter (under a minute in all).
 
 # %%
 from mmlib.experiments import run_experiment
@@ -489,8 +489,8 @@ assert plain["ring"][0]["reverse_kl"] > 0.1 and plain["grid"][0]["reverse_kl"] >
 # 3. **$D$'s first-layer hyperplanes start through real samples** (`init_through_data`). A ReLU-type unit bends
 #    where $w\cdot x + b = 0$; by default those bends sit near the origin, far from the grid's outer modes. Setting
 #    $b_i = -w_i\cdot x_i$ for real samples $x_i$ puts them where the data are.
-# 4. **A deeper generator** (3 hidden layers) and **many steps** (8,000 steps of 256 samples on the ring, 24,000
-#    of 128 on the grid): progress is counted in Adam steps, and a generator needs steep maps to jump from mode to
+# 4. **A deeper generator** (3 hidden layers) and **many steps** (8,000 steps of 256 samples on the ring, 14,000
+#    of 256 on the grid): progress is counted in Adam steps, and a generator needs steep maps to jump from mode to
 #    mode.
 # 5. **A final phase at a tenth of the learning rate** (the last 40 % / 25 % of the steps): Adam's step-to-step
 #    jitter is about the learning rate; lowering it lets the samples settle *on* the modes.
@@ -538,8 +538,8 @@ assert all(recipe[name][0]["hq_fraction"] > 3 * plain[name][0]["hq_fraction"] fo
 assert all(recipe[name][0]["reverse_kl"] < 0.05 for name in recipe), "and its samples spread evenly over the modes"
 
 # %% [markdown]
-# The recipe is not just "more data": on the grid it sees three times as many real samples as the plain GAN
-# (24,000 × 128 against 2,000 × 512), on the ring four times as many (8,000 × 256) — but the plain GAN's samples
+# The recipe is not just "more data": on the grid it sees 3.5 times as many real samples as the plain GAN
+# (14,000 × 256 against 2,000 × 512), on the ring four times as many (8,000 × 256) — but the plain GAN's samples
 # do not sharpen with a longer run (try `fit_mixture("ring", "plain", config=replace(PLAIN_GAN, steps=8000))`).
 # What remains off the modes of the ring are mostly samples *between* neighbouring modes — the price of a
 # continuous generator fed with connected noise; on the grid, one category per mode leaves almost none.
@@ -618,11 +618,11 @@ for name in ("ring", "grid"):
 #   PacGAN2 on the ring, 24.8 with PacGAN4 on the grid), with an even spread (reverse KL below 0.01 in our definition).
 # - *Sharpness*: on the ring the recipe's high-quality fraction, 96.5 ± 0.8 %, is **above** PacGAN's best row with
 #   8 of 8 modes (PacGAN2: 95.6 %, 7.9 modes); PacGAN3's 97.7 % is sharper but misses modes (7.8). On the grid,
-#   100.0 ± 0.0 % is **above** PacGAN's best rows (93.6 % with PacGAN4, 94.2 % with PacGAN3) — but only since the
+#   99.8 ± 0.2 % is **above** PacGAN's best rows (93.6 % with PacGAN4, 94.2 % with PacGAN3) — but only since the
 #   recipe's generator has one category per mode (ingredient 7), which assumes what PacGAN did not: that we know
-#   there are 25 modes. Without the categories the recipe stayed one point short (92.8 ± 0.2 % when we measured it)
-#   within a minute of training on one CPU core (PacGAN: 400 epochs over 100,000 points). Both are far above the plain GAN's and
-#   VEEGAN's. 100 % is also above the real samples' own 99.1 % (section 1): the recipe's modes are *narrower* than
+#   there are 25 modes. Without the categories the recipe stayed short, and unevenly so (89.6 ± 5.8 % over seeds
+#   0–2 when we measured it) within 40 s of training on one CPU core (PacGAN: 400 epochs over 100,000 points).
+#   Both are far above the plain GAN's and VEEGAN's. 99.8 % is also above the real samples' own 99.1 % (section 1): the recipe's modes are *narrower* than
 #   the data's, which this metric does not punish.
 # - *Spread over seeds*: the standard deviations are over 3 seeds (population), PacGAN's ± are standard errors
 #   over 10 runs — not the same statistic.
