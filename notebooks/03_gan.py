@@ -536,10 +536,13 @@ assert all(recipe[name][0]["hq_fraction"] > 3 * plain[name][0]["hq_fraction"] fo
     "the recipe's high-quality fraction is more than three times the plain GAN's on both mixtures"
 )
 assert all(recipe[name][0]["reverse_kl"] < 0.05 for name in recipe), "and its samples spread evenly over the modes"
+seen = {name: RECIPES[name].steps * RECIPES[name].batch_size / (PLAIN_GAN.steps * PLAIN_GAN.batch_size)
+        for name in RECIPES}
+assert seen == {"ring": 2.0, "grid": 3.5}, "the recipe sees 2x (ring) and 3.5x (grid) the plain GAN's real samples"
 
 # %% [markdown]
 # The recipe is not just "more data": on the grid it sees 3.5 times as many real samples as the plain GAN
-# (14,000 × 256 against 2,000 × 512), on the ring four times as many (8,000 × 256) — but the plain GAN's samples
+# (14,000 × 256 against 2,000 × 512), on the ring twice as many (8,000 × 256) — but the plain GAN's samples
 # do not sharpen with a longer run (try `fit_mixture("ring", "plain", config=replace(PLAIN_GAN, steps=8000))`).
 # What remains off the modes of the ring are mostly samples *between* neighbouring modes — the price of a
 # continuous generator fed with connected noise; on the grid, one category per mode leaves almost none.
@@ -622,8 +625,8 @@ for name in ("ring", "grid"):
 #   recipe's generator has one category per mode (ingredient 7), which assumes what PacGAN did not: that we know
 #   there are 25 modes. Without the categories the recipe stayed short, and unevenly so (89.6 ± 5.8 % over seeds
 #   0–2 when we measured it) within 40 s of training on one CPU core (PacGAN: 400 epochs over 100,000 points).
-#   Both are far above the plain GAN's and VEEGAN's. 99.8 % is also above the real samples' own 99.1 % (section 1): the recipe's modes are *narrower* than
-#   the data's, which this metric does not punish.
+#   Both are far above the plain GAN's and VEEGAN's. 99.8 % is also above the real samples' own 99.1 % (section 1):
+#   the recipe's modes are *narrower* than the data's, which this metric does not punish.
 # - *Spread over seeds*: the standard deviations are over 3 seeds (population), PacGAN's ± are standard errors
 #   over 10 runs — not the same statistic.
 
