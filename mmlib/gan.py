@@ -629,26 +629,52 @@ def fit_mixture(
     return metrics, samples, trained
 
 
-def mixture_experiment(name: str, seed: int = 0, device: torch.device | str | None = None,
-                       progress: bool = True) -> TrainedResult:
-    """The plain GAN and the recipe on one mixture: the recipe's figures under the COURSE names (``modes_covered``,
-    ``hq_fraction``, ``reverse_kl``), the plain GAN's prefixed ``plain_``, training times ``plain_seconds`` and
-    ``recipe_seconds``; arrays ``gen_xy`` (recipe) and ``plain_gen_xy``, :data:`N_EVAL` samples each. For the notebook
-    (not written): ``details[setting]``, the ``(metrics, samples, trained GAN)`` of :func:`fit_mixture`."""
+def mixture_experiments(names: Sequence[str], seed: int = 0, device: torch.device | str | None = None,
+                        progress: bool = True) -> list[TrainedResult]:
+    """Experiments ``gan-<name>`` for each mixture in ``names``, their fits side by side.
+
+    Each experiment is the plain GAN and the recipe on one mixture (:func:`fit_mixture`): the recipe's figures under
+    the COURSE names (``modes_covered``, ``hq_fraction``, ``reverse_kl``), the plain GAN's prefixed ``plain_``,
+    training times ``plain_seconds`` and ``recipe_seconds`` (wall time, longer when fits share a core); arrays
+    ``gen_xy`` (recipe) and ``plain_gen_xy``, :data:`N_EVAL` samples each. For the notebook (not written):
+    ``details[setting]``, the ``(metrics, samples, trained GAN)`` of :func:`fit_mixture`.
+
+    The fits do not depend on each other, so all of them — two per mixture — run as separate jobs of
+    :func:`mmlib.parallel.run_jobs`, the recipes (the longer ones) first, in the order of ``names``; every fit is
+    seeded by its arguments, so the figures are those of the fits run one after the other."""
+    from mmlib.parallel import run_jobs
     from mmlib.seed import seed_everything
 
+    if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+        raise TypeError(f"names: expected a non-empty list of mixture names ('ring', 'grid'), got {names!r}")
+    names = [check_choice(name, "names", tuple(RECIPES)) for name in names]
     seed_everything(check_int(seed, "seed", low=0))
-    result = TrainedResult(metrics={})
-    for setting in SETTINGS:
-        fit = m, samples, _ = fit_mixture(name, setting, seed=seed, device=device, progress=progress)
-        prefix = "plain_" if setting == "plain" else ""
-        result.metrics.update({f"{prefix}{k}": m[k] for k in TABLE_METRICS})
-        result.metrics[f"{setting}_seconds"] = m["seconds"]
-        result.arrays[f"{prefix}gen_xy"] = samples.cpu()
-        result.details[setting] = fit
-    result.metrics["modes_covered"] = int(result.metrics["modes_covered"])
-    result.metrics["plain_modes_covered"] = int(result.metrics["plain_modes_covered"])
-    return result
+    device = resolve_device(device)
+    order = [(name, setting) for setting in ("recipe", "plain") for name in names]
+    fits = run_jobs([(fit_mixture, {"name": name, "setting": setting, "seed": seed, "device": device,
+                                    "progress": False}) for name, setting in order],
+                    device=device, progress=progress, desc=f"plain GAN and recipe on the {' and the '.join(names)}")
+    by_key = dict(zip(order, fits))
+    results = []
+    for name in names:
+        result = TrainedResult(metrics={})
+        for setting in SETTINGS:
+            fit = m, samples, _ = by_key[name, setting]
+            prefix = "plain_" if setting == "plain" else ""
+            result.metrics.update({f"{prefix}{k}": m[k] for k in TABLE_METRICS})
+            result.metrics[f"{setting}_seconds"] = m["seconds"]
+            result.arrays[f"{prefix}gen_xy"] = samples.cpu()
+            result.details[setting] = fit
+        result.metrics["modes_covered"] = int(result.metrics["modes_covered"])
+        result.metrics["plain_modes_covered"] = int(result.metrics["plain_modes_covered"])
+        results.append(result)
+    return results
+
+
+def mixture_experiment(name: str, seed: int = 0, device: torch.device | str | None = None,
+                       progress: bool = True) -> TrainedResult:
+    """Experiment ``gan-<name>``: the plain GAN and the recipe on one mixture (:func:`mixture_experiments`)."""
+    return mixture_experiments([name], seed, device, progress)[0]
 
 
 @register("gan-ring", "Chapter 03: plain GAN vs the course's recipe on PacGAN's ring of 8 Gaussians")

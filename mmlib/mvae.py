@@ -620,11 +620,15 @@ def mvae_loss(
         -[ ELBO(X) + sum_m ELBO(x_m) + ELBO(X_S) ],
 
     each term a :func:`subset_elbo` with the product of its modalities' experts, ``S`` one random subset of size
-    between 2 and M - 1 (drawn with ``generator``; none with two modalities)."""
+    between 2 and M - 1 (drawn with ``generator``; none with two modalities).
+
+    The terms are the ones :func:`subset_elbo` computes, with the same draws, but evaluated together: each modality's
+    decoder runs once, on the draws of every subset that contains it stacked, instead of once per subset (3 decoder
+    calls a step instead of 8 with three modalities; the same numbers up to rounding)."""
     beta, generator = _check_beta_generator(beta, generator)
     model = _check_model(model)
     x = model.check_inputs(x)
-    experts = model.encode(x)
+    means, log_vars, mask = model.encode(x)
     names = list(x)
     subsets: list[list[str]] = [names] + [[name] for name in names]
     middle = [s for s in nonempty_subsets(len(names)) if 1 < len(s) < len(names)]
@@ -632,7 +636,24 @@ def mvae_loss(
         device = generator.device if generator is not None else None
         pick = int(torch.randint(len(middle), (1,), generator=generator, device=device))
         subsets.append([names[i] for i in middle[pick]])
-    total = sum(subset_elbo(model, x, s, experts=experts, beta=beta, generator=generator) for s in subsets)
+    mus, lvs, zs = [], [], []
+    for subset in subsets:  # q_PoE(z | X_S) and one draw from it, per subset: (N, D) each
+        in_subset = torch.tensor([name in subset for name in model.names], device=mask.device)
+        mu, log_var = _product_of_experts(means, log_vars, mask & in_subset.unsqueeze(1))
+        mus.append(mu)
+        lvs.append(log_var)
+        zs.append(reparameterise(mu, log_var, generator=generator))
+    z = torch.stack(zs)  # (S, N, D)
+    if model.prior.components:
+        kl = _log_normal(z, torch.stack(mus), torch.stack(lvs)) - model.prior.log_prob(z)  # (S, N)
+    else:
+        kl = kl_to_standard_normal(torch.stack(mus), torch.stack(lvs))
+    total = -beta * kl.sum(0)  # (N,)
+    for name in names:  # one decoder call per modality, on the draws of the subsets that contain it
+        rows = [i for i, subset in enumerate(subsets) if name in subset]
+        value = x[name].expand(len(rows), *x[name].shape).reshape(-1, *x[name].shape[1:])
+        log_lik = model.modalities[name].log_likelihood(value, z[rows].reshape(-1, z.shape[-1]))
+        total = total + log_lik.reshape(len(rows), -1).sum(0)
     return -total.mean()
 
 

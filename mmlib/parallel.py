@@ -2,9 +2,10 @@
 
 The course's networks are small: one training run keeps one core busy (:func:`mmlib.device.one_cpu_thread`), and a
 second thread inside the same run mostly waits for the first. Runs that do not depend on each other — the plain GAN and
-the recipe on two mixtures, a GAN beside a VAE — are better spread over the cores: each goes to a worker process with
-one thread, and comes back as if it had run here. Every run is seeded by its own arguments, so the numbers are the same
-bit for bit whether the runs go to workers or one after the other (``tests/test_parallel.py`` checks).
+the recipe on two mixtures, a GAN beside a VAE — are better spread over the cores: this process runs some of them, and
+worker processes with one thread each run the others, whose results come back as if they had run here. Every run is
+seeded by its own arguments, so the numbers are the same bit for bit wherever the runs go, in any order
+(``tests/test_parallel.py`` checks).
 
 On a GPU, or with a single core, the runs simply go one after the other in this process.
 """
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 import torch
@@ -66,12 +69,16 @@ def run_jobs(
 ) -> list[Any]:
     """Run ``fn(**kwargs)`` for every ``(fn, kwargs)`` in ``jobs``; their results, in the order of ``jobs``.
 
-    On the CPU with more than one core, the jobs go to ``workers`` processes (default: one per core, at most one per
-    job), each on one thread; list the longest job first, as the workers take the jobs in order. On a GPU, with one
-    core or with ``workers=1``, they run here one after the other (on one thread on the CPU). Worker processes are
+    On the CPU with more than one core, ``workers`` jobs run at once (default: one per core, at most one per job),
+    each on one thread: in this process, which has torch and ``mmlib`` loaded already and would otherwise sit
+    waiting, and in ``workers - 1`` worker processes; whichever is free takes the next job in the list, so list the
+    longest job first. More workers than cores share the cores by time-slicing, which costs more than it balances
+    here: notebook 07's three fusions took 53–56 s with three at once on two cores, 50–52 s with two (the third
+    started by whichever finishes first) — the runs evict each other's data from the caches. On a GPU, with one core
+    or with ``workers=1``, the jobs run here one after the other (on one thread on the CPU). Worker processes are
     started fresh ("spawn"), so nothing of this process's state leaks into them: everything a job needs must be in
-    its arguments. The progress bar counts finished jobs; ask the jobs for ``progress=False`` (a worker's own bars
-    would print to the console, not the notebook).
+    its arguments. The progress bar counts finished jobs; ask the jobs for ``progress=False``
+    (a worker's own bars would print to the console, not the notebook).
     """
     jobs = _check_jobs(jobs)
     dev = resolve_device(device)
@@ -80,17 +87,75 @@ def run_jobs(
     if not isinstance(desc, str):
         raise TypeError(f"desc: expected a string, got {type(desc).__name__}")
     workers = min(len(jobs), cpu_cores() if workers is None else check_int(workers, "workers", low=1))
-    if dev.type != "cpu" or workers == 1:
+    if dev.type != "cpu" or workers == 1 or cpu_cores() == 1:
         with one_cpu_thread(dev):
             return [fn(**kwargs) for fn, kwargs in tqdm(jobs, desc=desc, disable=not progress)]
+    return _share_jobs(jobs, dev, workers, tqdm(total=len(jobs), desc=desc, disable=not progress))
+
+
+def _share_jobs(jobs: list[Job], dev: torch.device, workers: int, bar: tqdm) -> list[Any]:
+    """Greedy list scheduling over this process and ``workers - 1`` worker processes: whoever is free takes the next
+    job in the list. A thread here feeds the worker processes, one job each at a time, while this process runs jobs
+    itself on one thread. A failed job stops the handing out of new ones; its error is raised here."""
+    pending = deque(range(len(jobs)))
+    lock = threading.Lock()
     results: list[Any] = [None] * len(jobs)
+    failures: list[BaseException] = []
+
+    def take() -> int | None:
+        with lock:
+            return pending.popleft() if pending and not failures else None
+
+    def fail(err: BaseException) -> None:
+        with lock:
+            failures.append(err)
+            pending.clear()
+
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
-        futures = {pool.submit(fn, **kwargs): i for i, (fn, kwargs) in enumerate(jobs)}
+    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=context, initializer=_worker_init) as pool, bar:
+
+        def feed() -> None:  # keep every worker process busy with the next job in the list
+            running: dict[Future, int] = {}
+
+            def submit() -> None:
+                i = take()
+                if i is not None:
+                    fn, kwargs = jobs[i]
+                    running[pool.submit(fn, **kwargs)] = i
+
+            try:
+                for _ in range(workers - 1):
+                    submit()
+                while running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        i = running.pop(future)
+                        try:
+                            results[i] = future.result()
+                        except BaseException as err:  # noqa: BLE001 - handed to the caller below
+                            fail(err)
+                            continue
+                        bar.update(1)
+                        submit()
+            except BaseException as err:  # noqa: BLE001 - e.g. a worker process that could not start
+                fail(err)
+
+        i = take()  # the first (longest) job is this process's: a worker spends seconds starting up
+        feeder = threading.Thread(target=feed, name="mmlib-run-jobs", daemon=True)
+        feeder.start()
         try:
-            for future in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
-                results[futures[future]] = future.result()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # a failed run stops the ones still waiting
+            with one_cpu_thread(dev):
+                while i is not None:
+                    fn, kwargs = jobs[i]
+                    results[i] = fn(**kwargs)
+                    bar.update(1)
+                    i = take()
+        except BaseException as err:
+            fail(err)
+            feeder.join()
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
+        feeder.join()
+    if failures:
+        raise failures[0]
     return results

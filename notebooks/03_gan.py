@@ -417,20 +417,19 @@ assert nll_data > 1e6 and log_sigma.exp().item() < 1e-2, (
 # $\beta = (0.5, 0.9)$, learning rate $10^{-3}$, 2,000 steps of 512 samples) on each mixture. We score 2,500 samples,
 # as the papers do.
 #
-# The cell below runs the chapter's two registered experiments, `gan-grid` and `gan-ring` — the same calls as
+# The cell below runs the chapter's two registered experiments, `gan-grid` and `gan-ring` — the same figures as
 # `python -m mmlib run gan-grid --seed 0 --out DIR` — each of which trains the plain GAN and also the course's recipe
-# of section 7 (`mmlib.gan.fit_mixture`). The two experiments do not depend on each other, so they train at the same
-# time, one per CPU core (`mmlib.parallel.run_jobs`: each in a worker process on one thread; on a GPU or a single
-# core, one after the other). Each run is seeded by its own arguments, so the numbers are the same either way — only
-# the wait is shorter (under a minute in all).
+# of section 7 (`mmlib.gan.fit_mixture`). The four trainings do not depend on each other, so they run at the same
+# time, spread over the CPU cores (`mmlib.gan.mixture_experiments` hands them to `mmlib.parallel.run_jobs`: each on
+# one thread, in this process or a worker process; on a GPU or a single core, one after the other). Each training is
+# seeded by its own arguments, so the numbers are the same either way — only the wait is shorter (under a minute in
+# all).
 
 # %%
-from mmlib.experiments import run_experiment
-from mmlib.parallel import run_jobs
+from mmlib.gan import mixture_experiments
 
-EXPERIMENTS = {"grid": "gan-grid", "ring": "gan-ring"}  # the grid's is the longer one: it starts first
-experiments = run_jobs([(run_experiment, {"name": name, "seed": SEED, "device": device}) for name in EXPERIMENTS.values()],
-                       device=device, desc="experiments gan-grid and gan-ring")
+EXPERIMENTS = {"grid": "gan-grid", "ring": "gan-ring"}  # the grid's recipe is the longest training: it starts first
+experiments = mixture_experiments(list(EXPERIMENTS), seed=SEED, device=device)
 # per (setting, mixture): fit_mixture's (metrics, samples, trained GAN)
 fitted = {(setting, mixture): result.details[setting] for mixture, result in zip(EXPERIMENTS, experiments)
           for setting in ("plain", "recipe")}

@@ -359,8 +359,9 @@ assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-3), "the inline MVAE term
 
 # %% [markdown]
 # The three runs do not depend on each other, so they train at the same time, one per CPU core
-# (`mmlib.parallel.run_jobs`: each run in a worker process on one thread; on a GPU or a single core, one after the
-# other). Each run is seeded by its own arguments, so the numbers are the same either way — only the wait is shorter.
+# (`mmlib.parallel.run_jobs`: each run on one thread, here or in a worker process, the next run taken by whichever
+# finishes first; on a GPU or a single core, one after the other). Each run is seeded by its own arguments, so the
+# numbers are the same either way — only the wait is shorter.
 
 # %%
 import time

@@ -229,8 +229,8 @@ assert gap < 1e-5, "the inline step and mmlib.mmgan.mmgan_step train the same ne
 # `python -m mmlib run mmgan --seed 0 --out DIR` — so the numbers below are the experiment's.
 #
 # The GAN and the VAE do not depend on each other, so they train at the same time, one per CPU core
-# (`mmlib.parallel.run_jobs`: each run in a worker process on one thread; on a GPU or a single core, one after the
-# other). Each run is seeded by its own arguments, so the numbers are the same either way — only the wait is shorter.
+# (`mmlib.parallel.run_jobs`: each run on one thread, the GAN here and the VAE in a worker process; on a GPU or a
+# single core, one after the other). Each run is seeded by its own arguments, so the numbers are the same either way — only the wait is shorter.
 
 # %%
 from mmlib.experiments import run_experiment

@@ -260,3 +260,32 @@ def test_stored_ring_row_reproduces_for_seed_0(cpu):
     metrics, _, _ = gan.fit_mixture("ring", "recipe", seed=0, device=cpu, progress=False)
     for key in gan.TABLE_METRICS:
         assert metrics[key] == stored[key], f"{key}: rerun {metrics[key]} vs stored {stored[key]}"
+
+
+_FAKE_FITS: list[tuple[str, str, int]] = []
+
+
+def _fake_fit(name, setting, *, seed, device, progress):  # stands for fit_mixture's 10-40 s trainings
+    _FAKE_FITS.append((name, setting, seed))
+    metrics = {"modes_covered": 3.0 + (setting == "recipe"), "hq_fraction": 0.5, "reverse_kl": 0.1, "seconds": 1.0}
+    return metrics, torch.full((4, 2), float(seed)), None
+
+
+def test_registered_mixture_experiments_run_mixture_experiments(monkeypatch):
+    """``gan-ring`` / ``gan-grid`` run :func:`mmlib.gan.mixture_experiments`, the function notebook 03 calls with both
+    names (tests/test_offline.py): same fits, same figures under the same names."""
+    from mmlib import parallel
+    from mmlib.experiments import get_experiment
+
+    _FAKE_FITS.clear()
+    monkeypatch.setattr(gan, "fit_mixture", _fake_fit)
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 1)  # the jobs run in this process, where the fake is
+    alone = get_experiment("gan-grid").fn(seed=5, device=torch.device("cpu"))
+    assert sorted(_FAKE_FITS) == [("grid", "plain", 5), ("grid", "recipe", 5)]
+    together = gan.mixture_experiments(["ring", "grid"], seed=5, device="cpu", progress=False)
+    order = [("ring", "recipe", 5), ("grid", "recipe", 5), ("ring", "plain", 5), ("grid", "plain", 5)]
+    assert _FAKE_FITS[2:] == order, "the recipes, the longer trainings, go first"
+    assert together[1].metrics == alone.metrics == {
+        "modes_covered": 4, "hq_fraction": 0.5, "reverse_kl": 0.1, "recipe_seconds": 1.0,
+        "plain_modes_covered": 3, "plain_hq_fraction": 0.5, "plain_reverse_kl": 0.1, "plain_seconds": 1.0}
+    assert set(together[0].arrays) == {"gen_xy", "plain_gen_xy"} and set(together[0].details) == {"plain", "recipe"}

@@ -29,6 +29,14 @@ def test_workers_give_the_same_numbers_as_one_after_the_other():
     assert [r[0]["modes_covered"] <= 8 for r in spread[::2]] == [True, True]
 
 
+def test_more_workers_than_cores_give_the_same_numbers():
+    here = run_jobs(_jobs(), workers=1, progress=False)
+    shared = run_jobs(_jobs(), workers=3, progress=False)  # this process and two workers, whatever the cores
+    for (m_here, x_here, _), (m_shared, x_shared, _) in zip(here, shared):
+        assert torch.equal(torch.as_tensor(x_here), torch.as_tensor(x_shared)), "same samples, bit for bit"
+        assert m_here["modes_covered"] == m_shared["modes_covered"]
+
+
 def test_cpu_cores_is_positive():
     assert cpu_cores() >= 1
 
@@ -45,6 +53,8 @@ def test_bad_jobs_get_clear_errors():
 
 
 def test_errors_in_a_worker_reach_the_caller():
-    bad = [(fit_mixture, {"name": "no-such-mixture", "setting": "plain", "config": TINY, "progress": False})] * 2
-    with pytest.raises(ValueError, match="name"):
-        run_jobs(bad, workers=2, progress=False)
+    bad = (fit_mixture, {"name": "no-such-mixture", "setting": "plain", "config": TINY, "progress": False})
+    with pytest.raises(ValueError, match="name"):  # the first job, which runs in this process
+        run_jobs([bad, bad], workers=2, progress=False)
+    with pytest.raises(ValueError, match="name"):  # a job that a worker process runs
+        run_jobs([_jobs()[0], bad], workers=2, progress=False)
