@@ -644,11 +644,7 @@ def mvae_loss(
         lvs.append(log_var)
         zs.append(reparameterise(mu, log_var, generator=generator))
     z = torch.stack(zs)  # (S, N, D)
-    if model.prior.components:
-        kl = _log_normal(z, torch.stack(mus), torch.stack(lvs)) - model.prior.log_prob(z)  # (S, N)
-    else:
-        kl = kl_to_standard_normal(torch.stack(mus), torch.stack(lvs))
-    total = -beta * kl.sum(0)  # (N,)
+    total = -beta * _kl_term(model, z, torch.stack(mus), torch.stack(lvs)).sum(0)  # (S, N) -> (N,)
     for name in names:  # one decoder call per modality, on the draws of the subsets that contain it
         rows = [i for i, subset in enumerate(subsets) if name in subset]
         value = x[name].expand(len(rows), *x[name].shape).reshape(-1, *x[name].shape[1:])
