@@ -584,6 +584,15 @@ def _kl_term(model: MultimodalVAE, z: torch.Tensor, mean: torch.Tensor, log_var:
     return _log_normal(z, mean, log_var) - model.prior.log_prob(z)
 
 
+def _subset_posterior(
+    model: MultimodalVAE, experts: tuple[torch.Tensor, torch.Tensor, torch.Tensor], subset: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q_PoE(z | X_S)``: the product of the experts (``model.encode``'s output) of the modalities in ``subset``."""
+    means, log_vars, mask = experts
+    in_subset = torch.tensor([name in subset for name in model.names], device=mask.device)
+    return _product_of_experts(means, log_vars, mask & in_subset.unsqueeze(1))
+
+
 def subset_elbo(
     model: MultimodalVAE,
     x: Mapping[str, torch.Tensor],
@@ -605,9 +614,7 @@ def subset_elbo(
     if (isinstance(subset, str) or not isinstance(subset, Sequence) or not subset
             or any(not isinstance(m, str) or m not in x for m in subset)):
         raise ValueError(f"subset: expected a non-empty list of the given modalities {list(x)}, got {subset!r}")
-    means, log_vars, mask = model.encode(x) if experts is None else experts
-    in_subset = torch.tensor([name in subset for name in model.names], device=mask.device)
-    mu, log_var = _product_of_experts(means, log_vars, mask & in_subset.unsqueeze(1))
+    mu, log_var = _subset_posterior(model, model.encode(x) if experts is None else experts, subset)
     z = reparameterise(mu, log_var, generator=generator)
     return model.log_likelihood({m: x[m] for m in subset}, z) - beta * _kl_term(model, z, mu, log_var)
 
@@ -628,7 +635,7 @@ def mvae_loss(
     beta, generator = _check_beta_generator(beta, generator)
     model = _check_model(model)
     x = model.check_inputs(x)
-    means, log_vars, mask = model.encode(x)
+    experts = model.encode(x)
     names = list(x)
     subsets: list[list[str]] = [names] + [[name] for name in names]
     middle = [s for s in nonempty_subsets(len(names)) if 1 < len(s) < len(names)]
@@ -638,8 +645,7 @@ def mvae_loss(
         subsets.append([names[i] for i in middle[pick]])
     mus, lvs, zs = [], [], []
     for subset in subsets:  # q_PoE(z | X_S) and one draw from it, per subset: (N, D) each
-        in_subset = torch.tensor([name in subset for name in model.names], device=mask.device)
-        mu, log_var = _product_of_experts(means, log_vars, mask & in_subset.unsqueeze(1))
+        mu, log_var = _subset_posterior(model, experts, subset)
         mus.append(mu)
         lvs.append(log_var)
         zs.append(reparameterise(mu, log_var, generator=generator))

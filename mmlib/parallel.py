@@ -77,8 +77,8 @@ def run_jobs(
     started by whichever finishes first) — the runs evict each other's data from the caches. On a GPU, with one core
     or with ``workers=1``, the jobs run here one after the other (on one thread on the CPU). Worker processes are
     started fresh ("spawn"), so nothing of this process's state leaks into them: everything a job needs must be in
-    its arguments. The progress bar counts finished jobs; ask the jobs for ``progress=False``
-    (a worker's own bars would print to the console, not the notebook).
+    its arguments. The progress bar counts finished jobs; ask the jobs for ``progress=False`` (a worker's own bars
+    would print to the console, not the notebook).
     """
     jobs = _check_jobs(jobs)
     dev = resolve_device(device)
