@@ -334,10 +334,11 @@ def train_classifiers(
     order = ("image", "audio", "text")  # the longest first (run_jobs hands out jobs in this order)
     done = run_jobs([(_timed_classifier, {"modality": m, "seed": seed, "device": dev}) for m in order],
                     device=dev, progress=progress, desc="evaluation classifiers")
+    by_modality = dict(zip(order, done))
     models: dict[str, Classifier] = {}
     figures: dict[str, float] = {}
     for modality in MODALITIES:
-        models[modality], acc, seconds = done[order.index(modality)]
+        models[modality], acc, seconds = by_modality[modality]
         figures[f"acc_{modality}"] = acc["test_acc"]
         figures[f"val_acc_{modality}"] = acc["val_acc"]
         figures[f"seconds_{modality}"] = seconds
