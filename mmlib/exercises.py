@@ -92,4 +92,4 @@ def _check_gaussian_mle(fn: Callable) -> str:
         f"for x = [1, 2, 4, 7] the ML standard deviation is sqrt(21/4) = 2.2913, got {sigma:.5g}. "
         "Maximum likelihood divides by n, not n − 1."
     )
-    return "The ML standard deviation divides by n: it is biased low, by the factor sqrt((n−1)/n)."
+    return "The ML estimate divides by n: its variance is biased low, by the factor (n − 1)/n."
