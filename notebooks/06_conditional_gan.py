@@ -129,9 +129,10 @@ assert torch.allclose(by_lookup, by_matmul, atol=1e-5), "looking up columns = a 
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # **What "held-out" means here.** We train on the training pairs and evaluate on the conditions of the test split.
-# The captions come from a small grammar (4 languages × 3 templates × 3 letter cases × 10 digits: at most 360), so
-# nearly every test caption also occurs in training: for captions, "held out" means new noise and new pairings, not
-# new words. (Exercise 06.3 asks what it would take to test the generator on captions it has never read.)
+# The captions come from a small grammar (4 languages × 3 templates × 3 letter cases × 10 digits: 360 combinations,
+# 357 distinct, since "six" is English and French), so nearly every test caption also occurs in training: for
+# captions, "held out" means new noise and new pairings, not new words. (Exercise 06.3 asks what it would take to
+# test the generator on captions it has never read.)
 
 # %%
 train_captions = set(map(tuple, ds.train["text"].tolist()))
@@ -189,7 +190,8 @@ assert torch.allclose(D(x, c), by_hand, atol=1e-5), "D(x, c) = ψ(φ(x)) + ⟨e_
 #
 # 1. **Mismatched pairs** (Reed et al., 2016). A real target with the *wrong* caption is a fake too: $D$ also sees
 #    $(x_i, c_{i-1})$ and must reject it. Without this, $D$ learns what fits a caption only through $G$'s (poor)
-#    early samples; with it, the real data teach it directly.
+#    early samples; with it, the real data teach it directly. Neighbouring rows of a random minibatch show the same
+#    digit about one time in ten, so about a tenth of these pairs match by chance: a little label noise.
 # 2. **R1 penalty** (Mescheder et al., 2018): $\frac{\gamma}{2}\,\mathbb E_{\text{data}}\|\nabla_x D(x, c)\|^2$
 #    added to $L_D$ ($\gamma = 1$). It keeps $D$ flat on the real data, so $D$ cannot build a cliff that sends $G$'s
 #    gradients flying (exercise 06.2 asks what happens without it). It costs a second backward pass through $D$, so
@@ -197,12 +199,16 @@ assert torch.allclose(D(x, c), by_hand, atol=1e-5), "D(x, c) = ψ(φ(x)) + ⟨e_
 #    average pull for a quarter of the cost.
 # 3. **Mode seeking** (Mao et al., 2019). A conditional generator can ignore its noise — the caption alone already
 #    gives it something plausible to draw. For two noises $z_1, z_2$ with the same caption,
-#    $L_G \mathrel{+}= \lambda \Big/ \frac{\mathbb E|G(z_1, c) - G(z_2, c)|}{\mathbb E|z_1 - z_2|}$ ($\lambda = 0.02$)
-#    grows when the samples stop moving with the noise.
+#    $L_G \mathrel{+}= \lambda \Big/ \mathbb E_c\Big[\frac{\overline{|G(z_1, c) - G(z_2, c)|}}{\overline{|z_1 - z_2|}}\Big]$
+#    ($\lambda = 0.02$; a bar is the mean over coordinates) grows when the samples stop moving with the noise.
 #
 # Finally we **sample from an exponential moving average** of $G$'s weights,
 # $\theta_{\text{EMA}} \leftarrow 0.99\,\theta_{\text{EMA}} + 0.01\,\theta_G$ after each step (Karras et al., 2018):
 # it smooths the last few hundred steps of the game's oscillation.
+
+# %%
+digit_share = torch.bincount(ds.train.label, minlength=10).double() / len(ds.train.label)
+assert 0.09 < float((digit_share**2).sum()) < 0.11, "two random training pairs show the same digit about 1 time in 10"
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # **One training step, written out.** We write the whole step here, then check it against `mmlib.cgan.cgan_step`
@@ -298,8 +304,10 @@ plt.show()
 
 # %%
 for pair, fit in fits.items():
-    assert fit.history["d_loss"][-1] < 2 * np.log(2), f"{pair}: D does better than chance at the end"
-    assert fit.history["g_loss"][-1] < 3.0, f"{pair}: the generator is not crushed by D"
+    assert max(fit.history["d_loss"]) < 2 * np.log(2), f"{pair}: L_D stays below its chance value at every log"
+    assert all(np.isfinite(fit.history["g_loss"])) and max(fit.history["g_loss"]) < 1.5, (
+        f"{pair}: nothing diverges: L_G stays finite and under 1.5 (about twice its value at D = 1/2, log 2)"
+    )
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4 · Evaluate
@@ -387,7 +395,8 @@ for k in range(2):
 #   FD is biased upward for small samples. We require the mean over digits within a factor 3 of the baseline.
 #
 # To see what the checks catch we score two collapsed generators made from ours: **noise ignored** ($z = 0$:
-# one sample per caption) and **one per digit** (every sample replaced by the first sample of its digit).
+# one sample per caption) and **one per digit** (a lookup table: every sample replaced by the first of ours that
+# the classifier reads as the caption's digit, so its accuracy is 1 by construction and its variance 0).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -401,7 +410,7 @@ for source, target in PAIRS:
     print(f"  noise ignored: accuracy {metrics[f'noise_ignored_cond_acc_{key}']:.2f} · variance / real "
           f"{metrics[f'noise_ignored_within_var_{key}'] / metrics[f'real_within_var_{key}']:.2f} · FD / baseline "
           f"{metrics[f'noise_ignored_fd_ratio_{key}']:.1f}")
-    print(f"  one per digit: accuracy {metrics[f'one_per_digit_cond_acc_{key}']:.2f} · variance / real 0.00 · "
+    print(f"  one per digit: accuracy {metrics[f'one_per_digit_cond_acc_{key}']:.2f} · variance / real 0 (a lookup) · "
           f"FD / baseline {metrics[f'one_per_digit_fd_ratio_{key}']:.1f}")
 
 # %%
@@ -413,7 +422,9 @@ for source, target in PAIRS:
     assert metrics[f"noise_ignored_within_var_{key}"] == 0.0, f"{key}: ignoring the noise gives zero variance"
     assert metrics[f"noise_ignored_cond_acc_{key}"] >= ACCURACY_TARGET, f"{key}: ...while its accuracy still passes"
     assert metrics[f"one_per_digit_fd_ratio_{key}"] > FD_FACTOR, f"{key}: one sample per digit fails the FD check"
-    assert metrics[f"one_per_digit_cond_acc_{key}"] >= ACCURACY_TARGET, f"{key}: ...while its accuracy still passes"
+    assert metrics[f"one_per_digit_cond_acc_{key}"] >= ACCURACY_TARGET, (
+        f"{key}: ...while its accuracy (1 by construction) passes"
+    )
     gap_to_gan = abs(metrics[f"noise_ignored_fd_ratio_{key}"] - metrics[f"fd_ratio_{key}"])
     gap_to_lookup = abs(metrics[f"one_per_digit_fd_ratio_{key}"] - metrics[f"noise_ignored_fd_ratio_{key}"])
     assert gap_to_gan < gap_to_lookup, f"{key}: the FD barely tells the noise-ignoring generator from the GAN"
@@ -460,7 +471,7 @@ print(f"real test sounds blurred over 3 frequency bins: accuracy {blurred_acc:.2
 print(f"the caption → sound GAN: FD / baseline {metrics['fd_ratio_audio__from_text']:.1f}")
 
 # %%
-assert blurred_acc >= 0.99, "the blurred real sounds are still recognised"
+assert blurred_acc == 1.0, "the classifier still recognises every blurred real sound"
 assert blurred_ratio > FD_FACTOR > metrics["fd_ratio_audio__from_text"], (
     "a light blur of real sounds moves the FD further than our generator's samples are from the data")
 
