@@ -170,7 +170,7 @@ assert torch.allclose(D(x, y), by_hand, atol=1e-5), "D = realism + digit + pairw
 # The training step is chapter 06's, for triples: chapter 03's non-saturating losses, the R1 penalty on the real
 # triples (its squared gradient summed over the three inputs), an average of the generator's weights for sampling,
 # and **mismatched real triples as negatives** — a real triple with one modality (image, caption or sound, in turn)
-# taken from the next row. Those teach the pairwise terms what belongs together, from real data. We write the step
+# taken from the previous row (the batch rolled by one). Those teach the pairwise terms what belongs together, from real data. We write the step
 # out and check it against `mmlib.mmgan.mmgan_step` over a few steps.
 
 # %%
@@ -247,8 +247,10 @@ ax = loss_curves({"L_D (without R1)": gan.history["d_loss"], "L_G": gan.history[
 ax.axhline(2 * np.log(2), color="k", ls=":", label="L_D at D = ½ everywhere")
 ax.legend()
 plt.show()
-assert gan.history["d_loss"][-1] < 2 * np.log(2) and gan.history["g_loss"][-1] < 3.0, (
-    "neither player wins outright: D beats chance, G is not crushed")
+assert max(gan.history["d_loss"]) < 2 * np.log(2), "neither player wins outright: L_D stays below chance at every log"
+g_losses = gan.history["g_loss"]
+assert all(np.isfinite(g_losses)) and max(g_losses) < 2.0 and g_losses[-1] < 1.0, (
+    "...and G is not crushed: L_G stays finite and under 2, and settles under 1 (log 2 = 0.69 at D = 1/2)")
 
 # %% [markdown] slideshow={"slide_type": "slide"}
 # ## 4 · Evaluate
@@ -276,8 +278,8 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The captions are the weak spot: a GAN spells character by character, and many captions come out misspelt
-# ("Seete"). How many are exactly one of the captions the data can hold?
+# The captions are the weak spot: a GAN spells character by character, and most captions come out misspelt
+# (a letter dropped, doubled or swapped). How many are exactly one of the captions the data can hold?
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -291,7 +293,7 @@ print(f"{len(valid)} possible captions; {exact:.0%} of the generated ones are ex
       f"{text_ok:.0%} are read as the digit of their noise")
 
 # %%
-assert exact < text_ok, "many generated captions are misspelt, yet still read as the intended digit"
+assert exact < 0.5 < text_ok, "most generated captions are misspelt, yet most are still read as the intended digit"
 
 # %% slideshow={"slide_type": "subslide"}
 i = cols[7]
@@ -306,7 +308,7 @@ display(Audio(spectrogram_to_audio(gen["audio"][i]).cpu().numpy(), rate=SAMPLE_R
 # ### Does the discriminator reject mismatched triples?
 #
 # We score the real **test** triples with the trained discriminator, first as they are, then with one modality taken
-# from the next row (so the parts show different digits, except by chance). A discriminator that sees the modalities
+# from the previous row (so the parts show different digits, except by chance). A discriminator that sees the modalities
 # together should prefer the matched triples.
 
 # %%
@@ -352,10 +354,11 @@ assert metrics["d_prefers_matched_text"] < min(metrics["d_prefers_matched_image"
 #
 # Both families are scored by chapter 07's function, `mmlib.mvae.evaluate_generation`, on 1,000 joint samples:
 #
-# - **joint coherence** — the fraction of samples whose three parts the evaluation classifiers read as one digit
-#   (about 1 % by chance);
-# - **Fréchet distance** per modality between classifier features of the samples and of the real test split, next to
-#   its **baseline**, the same distance between the real training and test splits (lower is better for both).
+# - **joint coherence** — the fraction of the 1,000 samples whose three parts the evaluation classifiers read as
+#   one digit (about 1 % by chance);
+# - **Fréchet distance** per modality between classifier features of the first 135 samples and of the odd rows of
+#   the real test split, next to its **baseline**, the same distance between the even and the odd test rows: what
+#   a perfect generator would score at these sample sizes (lower is better for both).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -375,6 +378,9 @@ for m in MODALITIES:
     assert metrics[f"gan_fd_{m}"] <= 2 * metrics[f"gan_fd_baseline_{m}"], f"GAN {m}: FD within 2× its baseline"
 assert metrics["vae_fd_audio"] > 3 * metrics["vae_fd_baseline_audio"], "the VAE's sounds are far from the data"
 assert metrics["vae_joint_coherence"] >= COHERENCE_TARGET, "the VAE's prior samples reach 90 % coherence too"
+assert abs(metrics["vae_joint_coherence"] - metrics["gan_joint_coherence"]) < 0.05, (
+    "coherence is a draw: the two families' joint samples agree on the digit within 5 points of each other"
+)
 
 # %% [markdown]
 # (The combination's captions and sounds come from the VAE's own decoders, on other draws of $z$; only its images
@@ -431,7 +437,7 @@ for s in ("text", "audio"):
 # $$\tilde x_{\text{image}} = G(\varepsilon, z), \qquad \text{trained on pairs } (z \sim q(z \mid X),\;
 #   X_{\text{image}}) \text{ from the training triples, the VAE frozen.}$$
 #
-# We measure it against its parts: the VAE's own decoder on the same latent codes — for joint samples
+# We measure it against its parts: the VAE's own decoder on latent codes drawn the same way — for joint samples
 # ($z \sim p(z)$, the refitted prior) and for cross-modal generation ($z \sim q(z \mid \text{caption})$ or
 # $q(z \mid \text{sound})$, images scored against the real test images).
 
@@ -476,9 +482,9 @@ assert metrics["combined_fd_image"] < metrics["vae_fd_image"], "joint samples: s
 # %% [markdown]
 # The combination keeps what the VAE can do — generate an image *from a caption or a sound* — and draws sharper
 # images (lower FD), at a clear price in coherence: the adversarial decoder follows the latent code less faithfully
-# than a decoder trained to reconstruct it, most of all for codes inferred from a sound. A discriminator rewards
-# "looks real", and only the training pairs tie the image to the code. The same trade-off shows in the joint
-# samples: sharper images, fewer triples that agree.
+# than a decoder trained to reconstruct it, for codes inferred from a caption and from a sound alike. A
+# discriminator rewards "looks real", and only the training pairs tie the image to the code. The same trade-off
+# shows in the joint samples: sharper images, fewer triples that agree.
 
 # %%
 assert metrics["combined_joint_coherence"] < metrics["vae_joint_coherence"], (
