@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from mmlib.checks import check_indices, check_int, check_positive, check_tensor
+from mmlib.checks import check_generator, check_indices, check_int, check_positive, check_tensor
 from mmlib.device import one_cpu_thread, resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import TrainedResult, register
@@ -119,7 +119,8 @@ class RingPrior:
         """The mixture; it does not validate samples (a host synchronisation): NaN codes give a NaN ``log_prob``."""
         weights = torch.full((self.components,), 1.0 / self.components, device=self.device)
         normal = Normal(self.means, torch.full_like(self.means, self.std), validate_args=False)
-        return MixtureSameFamily(Categorical(probs=weights), Independent(normal, 1), validate_args=False)
+        return MixtureSameFamily(Categorical(probs=weights, validate_args=False), Independent(normal, 1),
+                                 validate_args=False)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """``log p(z)`` for ``z (..., 2)`` -> ``(...)`` (no host checks: used inside training steps)."""
@@ -132,6 +133,7 @@ class RingPrior:
                components: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` draws ``(z (n, 2), component (n,))``; ``components`` fixes each draw's component (else uniform)."""
         n = check_int(n, "n", low=1)
+        generator = check_generator(generator, "generator")
         if components is None:
             components = torch.randint(self.components, (n,), generator=generator, device=self.device)
         else:

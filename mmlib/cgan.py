@@ -11,8 +11,9 @@ another modality*. Here the condition ``c`` is a whole sample of a source modali
   ``L_D = E[softplus(−D(x, c))] + E[softplus(D(x̃, c))]``, ``L_G = E[softplus(−D(x̃, c))]``.
 - Matching-aware negatives (Reed et al., 2016): real samples paired with the *wrong* condition count as fakes too,
   so ``D`` learns from real data which targets go with which conditions.
-- Mode seeking (Mao et al., 2019): ``L_G += λ / (E|G(z₁, c) − G(z₂, c)| / E|z₁ − z₂|)`` keeps the generator from
-  ignoring its noise (a conditional generator's favourite shortcut).
+- Mode seeking (Mao et al., 2019): ``L_G += λ / mean_i(mean|G(z₁, c_i) − G(z₂, c_i)| / mean|z₁ − z₂|)`` (the means
+  inside over coordinates; :func:`mode_seeking_loss`) keeps the generator from ignoring its noise (a conditional
+  generator's favourite shortcut).
 - Stabiliser: the R1 penalty (Mescheder et al., 2018) ``(γ/2) E_data ‖∇_x D(x, c)‖²`` added to ``L_D``; samples are
   drawn from an exponential moving average of the generator's weights (Karras et al., 2018; Yazıcı et al., 2019).
 
@@ -35,12 +36,14 @@ from torch.nn import functional as F
 
 from mmlib.checks import (
     check_betas,
+    check_bool,
     check_choice,
     check_generator,
     check_indices,
     check_int,
     check_positive,
     check_probability,
+    check_real,
     check_tensor,
 )
 from mmlib.data import AUDIO_BINS, AUDIO_FRAMES, MODALITIES, MODALITY_SHAPES, TEXT_LENGTH, TEXT_VOCAB
@@ -157,6 +160,7 @@ def mlp(sizes: list[int], *, slope: float = 0.2) -> nn.Sequential:
         raise TypeError(f"sizes: expected a list of layer widths, got {type(sizes).__name__}")
     if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
         raise ValueError(f"sizes: expected at least two positive ints (input, ..., output), got {sizes!r}")
+    slope = check_real(slope, "slope")
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
@@ -355,7 +359,7 @@ def cgan_step(
     1. draw ``z ~ N(0, I)`` (from ``noise``) and ``x̃ = G(z, c̃)``; with ``mode_seeking > 0`` the fakes come in pairs:
        ``c̃`` repeats the first ``n/2`` conditions twice, so rows ``i`` and ``i + n/2`` share a condition;
     2. one update of D on ``L_D + γ·R1``: real pairs against the (detached) fakes and, with ``mismatch``, against the
-       real targets paired with the next row's condition (``c`` rolled by one). R1 is *lazy* (Karras et al., 2020):
+       real targets paired with the previous row's condition (``c`` rolled by one). R1 is *lazy* (Karras et al., 2020):
        computed on every ``r1_every``-th step only, with weight ``γ · r1_every``, which keeps its average pull and saves
        most of its cost (a second backward pass through D);
     3. one update of G on the non-saturating ``L_G`` of the same ``x̃`` under the updated D, plus ``λ`` times the
@@ -378,6 +382,7 @@ def cgan_step(
     g_params = list(generator.parameters())
     ema_params = list(ema.parameters()) if ema is not None else []
     r1_every = check_int(r1_every, "r1_every", low=1)
+    mismatch = check_bool(mismatch, "mismatch")
     done = 0
     last_r1: list[torch.Tensor | None] = [None]  # the latest R1 value, reported on the steps that skip it
 

@@ -15,6 +15,7 @@ import torch
 
 __all__ = [
     "check_tensor",
+    "check_bool",
     "check_positive",
     "check_real",
     "check_path",
@@ -86,6 +87,13 @@ def check_tensor(
     if finite and x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: contains NaN or infinite values")
     return x
+
+
+def check_bool(x: object, name: str) -> bool:
+    """A bool (``True``/``False``; numpy's bool too), not merely a truthy value."""
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(x).__name__}")
+    return bool(x)
 
 
 def check_int(x: object, name: str, *, low: int | None = None, high: int | None = None) -> int:

@@ -598,7 +598,8 @@ def spectrogram_to_audio(
 
         x = ISTFT(A e^{i phi});   C = STFT(x);   phi = angle(C + m/(1+m) (C - C_prev))
 
-    for ``n_iter`` rounds, where ``A`` is the target magnitude and ``m`` the ``momentum`` (0 gives plain Griffin-Lim).
+    for ``n_iter`` rounds, where ``A`` is the target magnitude and ``m`` the ``momentum`` (0 gives plain Griffin-Lim;
+    the paper's acceleration ``alpha`` is ``m/(1+m)`` here, about 0.5 for the default ``m = 0.99``).
     Play the result with ``IPython.display.Audio(wave.cpu().numpy(), rate=SAMPLE_RATE)`` (notebook 00).
     """
     spec = check_tensor(spec, "spec", ndim=(2, 3), floating=True)

@@ -61,6 +61,8 @@ def _find_checker(key: str) -> Callable[[Callable], str]:
 def check(key: str, answer: Callable) -> None:
     """Check the student's ``answer`` to exercise ``key`` and print a verdict (recorded in :data:`RESULTS`)."""
     checker = _find_checker(key)
+    if not callable(answer):
+        raise TypeError(f"answer: expected your function (its name, not a call of it), got {type(answer).__name__}")
     try:
         message = checker(answer)
     except NotImplementedError:

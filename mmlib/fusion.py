@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from mmlib.checks import check_int, check_tensor
+from mmlib.checks import check_generator, check_int, check_tensor
 
 __all__ = [
     "product_of_experts",
@@ -212,6 +212,7 @@ def mixture_sample(
     Returns ``(z (N, D), component (N,))``. The draw is reparameterised given ``c`` (gradients flow to ``mu_c`` and
     ``sigma_c``, not to the choice of ``c``).
     """
+    generator = check_generator(generator, "generator")
     means, log_vars, weights = _check_mixture(means, log_vars, weights)
     return _mixture_sample(means, log_vars, weights, generator)
 

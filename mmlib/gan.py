@@ -39,6 +39,7 @@ from torch import nn
 
 from mmlib.checks import (
     check_betas,
+    check_bool,
     check_choice,
     check_generator,
     check_int,
@@ -409,6 +410,7 @@ def train_discriminator(
         disc = Discriminator(real.shape[1], hidden, layers).to(device)
     optimizer = make_optimizer(disc.parameters(), lr=lr)
     steps = check_int(steps, "steps", low=1)
+    progress = check_bool(progress, "progress")
     drop_at = steps - round(check_probability(final_fraction, "final_fraction") * steps)
     lr_drop = check_probability(lr_drop, "lr_drop")
     done = 0

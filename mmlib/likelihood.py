@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import torch
 
-from mmlib.checks import check_int, check_positive, check_tensor
+from mmlib.checks import check_generator, check_int, check_positive, check_tensor
 from mmlib.device import resolve_device
 from mmlib.exercises import exercise
 from mmlib.experiments import Result, register
@@ -152,14 +152,16 @@ def gaussian_average_log_likelihood(
     ``(1/m) sum_i log N(x_i; mean, L L^T) = -1/2 [D log 2 pi + log det(L L^T) + tr(Sigma^{-1} S)
     + (xbar - mean)^T Sigma^{-1} (xbar - mean)]`` with ``xbar = x_mean`` and ``S = x_cov`` (divided by m).
     The data enter only through ``xbar`` and ``S``, so one evaluation costs a D x D computation, whatever m.
+    It is the loss of every step of :func:`fit_gaussian_gradient`, so only shapes are checked here, not values (no
+    host synchronisation); a NaN comes back as a NaN loss, which the trainer stops on.
     """
-    mean = check_tensor(mean, "mean", ndim=1, floating=True)
-    d = mean.shape[0]
-    if d == 0:
-        raise ValueError("mean: expected at least one dimension, got shape (0,)")
-    scale_tril = check_tensor(scale_tril, "scale_tril", shape=(d, d), floating=True)
-    x_mean = check_tensor(x_mean, "x_mean", shape=(d,), floating=True)
-    x_cov = check_tensor(x_cov, "x_cov", shape=(d, d), floating=True)
+    scale_tril = check_tensor(scale_tril, "scale_tril", ndim=2, floating=True, finite=False)
+    d = scale_tril.shape[0]
+    if d == 0 or scale_tril.shape[1] != d:
+        raise ValueError(f"scale_tril: expected a non-empty square matrix, got shape {tuple(scale_tril.shape)}")
+    mean = check_tensor(mean, "mean", shape=(d,), floating=True, finite=False)
+    x_mean = check_tensor(x_mean, "x_mean", shape=(d,), floating=True, finite=False)
+    x_cov = check_tensor(x_cov, "x_cov", shape=(d, d), floating=True, finite=False)
     diff = (x_mean - mean)[:, None]
     trace = torch.cholesky_solve(x_cov, scale_tril).diagonal().sum()
     quad = (diff * torch.cholesky_solve(diff, scale_tril)).sum()
@@ -224,6 +226,7 @@ def dequantize(levels: torch.Tensor, *, generator: torch.Generator | None = None
     bound on a proper discrete log-likelihood (in the same nats), so it can be compared with discrete models.
     """
     levels = check_tensor(levels, "levels", integer=True)
+    generator = check_generator(generator, "generator")
     dtype = compute_dtype(levels.device)
     u = torch.rand(levels.shape, generator=generator, device=levels.device, dtype=dtype)
     return levels.to(dtype) + u
@@ -380,6 +383,7 @@ class CategoricalMixture:
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` images drawn from the mixture, as levels ``(n, P)``: a component, then every pixel independently."""
         n = check_int(n, "n", low=1)
+        generator = check_generator(generator, "generator")
         k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
         probs = self.log_probs.exp()[k]  # (n, P, L)
         flat = torch.multinomial(probs.reshape(-1, self.num_levels), 1, generator=generator)

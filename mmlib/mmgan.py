@@ -50,6 +50,7 @@ from mmlib.cgan import (
     mlp,
 )
 from mmlib.checks import (
+    check_bool,
     check_choice,
     check_generator,
     check_indices,
@@ -170,6 +171,8 @@ class JointGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         z = check_tensor(z, "z", shape=(None, self.noise_dim), floating=True, finite=False)
+        if isinstance(y, torch.Tensor) and y.ndim == 1 and y.shape[0] != z.shape[0]:
+            raise ValueError(f"z, y: expected one digit y per row of z, got {y.shape[0]} digits for {z.shape[0]} rows")
         y = check_indices(y, "y", NUM_DIGITS, shape=(z.shape[0],))  # range checked on the CPU only (no GPU sync)
         h = self.trunk(torch.cat([F.one_hot(y, NUM_DIGITS).to(z.dtype), z], dim=1))
         out = {m: torch.sigmoid(self.heads[m](h)).reshape(-1, *MODALITY_SHAPES[m]) for m in ("image", "audio")}
@@ -291,6 +294,7 @@ def mmgan_step(
     r1_weight = check_positive(r1_weight, "r1_weight", allow_zero=True)
     ema_decay = check_probability(ema_decay, "ema_decay")
     r1_every = check_int(r1_every, "r1_every", low=1)
+    mismatch = check_bool(mismatch, "mismatch")
     g_params = list(generator.parameters())
     ema_params = list(ema.parameters()) if ema is not None else []
     counter: dict[str, object] = {"step": 0, "r1": None}  # steps taken; the latest R1 (reported when skipped)

@@ -230,6 +230,8 @@ class MixturePrior(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` draws ``(n, D)``: a component ``k ~ pi``, then ``z ~ N(m_k, s_k^2)``."""
+        n = check_int(n, "n", low=1)
+        generator = check_generator(generator, "generator")
         device = self.means.device if self.components else torch.device("cpu")
         if generator is not None:
             device = generator.device

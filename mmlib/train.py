@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mmlib.checks import check_generator, check_int, check_positive, check_tensor
+from mmlib.checks import check_bool, check_generator, check_int, check_path, check_positive, check_tensor
 
 __all__ = ["History", "TrainingDiverged", "train", "loss_step", "make_optimizer", "minibatches"]
 
@@ -217,8 +217,14 @@ def train(
         raise TypeError(f"step: expected a function step(*batch) -> dict of losses, got {type(step).__name__}")
     tensors, batch_size, steps = _check_batches(tensors, batch_size, steps, finite=True)
     log_every = check_int(log_every, "log_every", low=1)
+    progress = check_bool(progress, "progress")
     if (checkpoint_path is None) != (checkpoint_state is None):
         raise ValueError("checkpoint_path, checkpoint_state: give both (where to save, and what) or neither")
+    if checkpoint_path is not None:
+        checkpoint_path = check_path(checkpoint_path, "checkpoint_path")
+        if not callable(checkpoint_state):
+            raise TypeError(f"checkpoint_state: expected a function returning a dict of state dicts, got "
+                            f"{type(checkpoint_state).__name__}")
 
     generator = None
     if seed is not None:

@@ -189,6 +189,7 @@ def reparameterise(
     """
     mu = check_tensor(mu, "mu", floating=True, finite=False)
     log_var = check_tensor(log_var, "log_var", floating=True, finite=False)
+    generator = check_generator(generator, "generator")
     if mu.shape != log_var.shape:
         raise ValueError(f"mu, log_var: expected the same shape, got {tuple(mu.shape)} and {tuple(log_var.shape)}")
     shape = mu.shape if n_samples is None else (check_int(n_samples, "n_samples", low=1), *mu.shape)

@@ -133,6 +133,9 @@ def test_dequantisation_is_a_lower_bound():
     bound = normal.log_prob(draws).mean(0)
     assert bool((bound <= exact + 1e-3).all())
     assert bool(((draws >= levels) & (draws < levels + 1)).all())
+    # ... and uniform inside the bin: the offsets k + u - k pass a Kolmogorov-Smirnov test against U[0, 1)
+    offsets = (draws - levels).flatten().double().numpy()
+    assert stats.kstest(offsets, "uniform").pvalue > 0.01
 
 
 def test_bce_is_not_normalised_except_for_binary_data():

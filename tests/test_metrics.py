@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.stats
 import torch
 
 from mmlib import metrics as M
@@ -111,6 +112,14 @@ def test_true_mixture_samples_score_well():
         assert m["reverse_kl"] < 0.01
 
 
+def test_reverse_kl_of_an_uneven_histogram_matches_scipy():
+    counts = [30, 10, 0, 5, 0, 0, 1, 4]  # high-quality samples per ring mode, unevenly spread
+    samples = torch.cat([RING_MODES[k].repeat(n, 1) for k, n in enumerate(counts)])
+    m = M.mode_metrics(samples, RING_MODES, RING_STD)
+    assert m["modes_covered"] == 5
+    assert m["reverse_kl"] == pytest.approx(float(scipy.stats.entropy(counts, np.full(8, 1 / 8))), rel=1e-12)
+
+
 def test_half_the_modes():
     samples = RING_MODES[::2].repeat(10, 1)  # 4 of the 8 modes, evenly
     m = M.mode_metrics(samples, RING_MODES, RING_STD)
@@ -163,7 +172,12 @@ def test_frechet_with_singular_covariance():
     a = torch.randn(10, 32, generator=gen)  # fewer samples than features: rank-deficient covariances
     b = torch.randn(10, 32, generator=gen) + 1.0
     d = M.frechet_distance(a, b)
-    assert math.isfinite(d) and d > 0
+    # reference in float64: tr((S_a S_b)^{1/2}) from the eigenvalues of S_a S_b (real and >= 0 up to round-off)
+    A, B = a.double().numpy(), b.double().numpy()
+    ca, cb = np.cov(A, rowvar=False), np.cov(B, rowvar=False)
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvals(ca @ cb).real, 0, None)).sum()
+    ref = float(((A.mean(0) - B.mean(0)) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * trace_sqrt)
+    assert math.isfinite(d) and d == pytest.approx(ref, rel=1e-6)
 
 
 def test_frechet_errors():

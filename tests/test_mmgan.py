@@ -92,6 +92,13 @@ def test_r1_of_the_joint_step_matches_its_definition(cpu):
     logits = D({m: parts[m].reshape(x[m].shape) for m in x}, y)
     (g_flat,) = torch.autograd.grad(logits.sum(), flat)
     assert torch.allclose(by_hand, 0.5 * g_flat.pow(2).sum(1).mean(), atol=1e-6)
+    # ... and the training step reports exactly this R1: it is computed on the real triple before D's update
+    G, _ = mmgan.build_mmgan(hidden=16, head_hidden=16, text_hidden=16, char_dim=4, branch=8, device=cpu)
+    step = mmgan.mmgan_step(G, D, torch.optim.SGD(G.parameters(), lr=0.0), torch.optim.SGD(D.parameters(), lr=0.0),
+                            noise=torch.Generator().manual_seed(0), r1_every=1)
+    raw = _triple(5)
+    out = step(raw["image"], raw["text"], raw["audio"], y)
+    assert torch.allclose(out["r1"], by_hand.detach(), rtol=1e-5, atol=1e-7)
 
 
 def test_fit_is_reproducible(cpu):

@@ -108,9 +108,13 @@ def test_iwae_bounds_ordered_and_elbo_matches_terms(model, images):
     log_w = vae.log_importance_weights(model, images, 400, seed=0)
     assert log_w.shape == (400, 24)
     # E_q[log w] = E_q[log p(x|z)] - KL: the ELBO; the closed-form KL version agrees within Monte Carlo error
+    gen = make_generator(10)
     with torch.no_grad():
-        log_lik, kl = vae.elbo_terms(model, images, generator=make_generator(10))
-    assert abs(float(log_w.mean()) - float((log_lik - kl).mean())) < 2.0
+        terms = torch.stack([torch.sub(*vae.elbo_terms(model, images, generator=gen)) for _ in range(100)])
+    n_images = images.shape[0]
+    # both average the same images, so only the draws of z are noise: per image, variance / number of draws
+    se = math.sqrt(float((log_w.var(0) / log_w.shape[0] + terms.var(0) / terms.shape[0]).sum())) / n_images
+    assert abs(float(log_w.mean()) - float(terms.mean())) < 4 * se
 
 
 def test_iwae_estimates_is_log_mean_exp():
