@@ -663,6 +663,7 @@ assert all(summary[n]["recipe"]["hq_fraction"][0] > 0.4 + summary[n]["plain"]["h
 # comparable).
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from mmlib.gan import environment
 
 now = environment()
