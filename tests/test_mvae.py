@@ -193,6 +193,62 @@ def test_mmvae_loss_with_one_modality_is_the_plain_elbo_estimate(batch):
     assert torch.allclose(mmvae_loss(model, x, generator=_gen(4)), want, rtol=1e-5)
 
 
+def _mixture_prior_model(names: tuple[str, ...], fusion: str) -> MultimodalVAE:
+    """A small model with a 3-component mixture prior whose components differ (the training default's kind)."""
+    torch.manual_seed(0)
+    model = MultimodalVAE([build_modality(m, 4, 16) for m in names], 4, fusion, prior_components=3)
+    with torch.no_grad():
+        model.prior.log_vars.copy_(0.3 * torch.randn(3, 4))
+        model.prior.logits.copy_(torch.tensor([0.5, -0.2, 0.1]))
+    return model
+
+
+def _prior_reference(prior: MixturePrior) -> torch.distributions.Distribution:
+    normal = torch.distributions.Normal(prior.means, torch.exp(0.5 * prior.log_vars))
+    components = torch.distributions.Independent(normal, 1)
+    return torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=prior.logits), components)
+
+
+def _gaussian(mu: torch.Tensor, log_var: torch.Tensor) -> torch.distributions.Distribution:
+    return torch.distributions.Independent(torch.distributions.Normal(mu, torch.exp(0.5 * log_var)), 1)
+
+
+def test_mvae_loss_with_a_mixture_prior_against_torch_distributions(batch):
+    """-[sum over S of E_q_S log p(X_S | z) - (log q_S(z) - log p(z))] at one draw per subset, p a Gaussian mixture."""
+    names = ("image", "text")
+    model = _mixture_prior_model(names, "poe")
+    x = {m: batch[m][:16] for m in names}
+    with torch.no_grad():
+        got = mvae_loss(model, x, generator=_gen(5))
+        gen, total = _gen(5), 0.0
+        experts = {m: model.modalities[m].encode(x[m]) for m in names}
+        for subset in (["image", "text"], ["image"], ["text"]):  # the order mvae_loss draws them in
+            mu, log_var = product_of_experts(torch.stack([experts[m][0] for m in subset]),
+                                             torch.stack([experts[m][1] for m in subset]))
+            z = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=gen)
+            log_lik = sum(model.modalities[m].log_likelihood(x[m], z) for m in subset)
+            total = total + log_lik - (_gaussian(mu, log_var).log_prob(z) - _prior_reference(model.prior).log_prob(z))
+    assert torch.allclose(got, -total.mean(), rtol=1e-5)
+
+
+def test_mopoe_loss_with_a_mixture_prior_against_torch_distributions(batch):
+    """One subset S per example drawn with the mixture's weights, z ~ q_S: -[log p(X | z) - (log q_S(z) - log p(z))]."""
+    names = ("image", "text", "audio")
+    model = _mixture_prior_model(names, "mopoe")
+    x = {m: batch[m][:16] for m in names}
+    with torch.no_grad():
+        got = mopoe_loss(model, x, beta=0.7, generator=_gen(3))
+        means, log_vars, weights = model.posterior(x)
+        gen = _gen(3)  # mopoe_loss's draws: a component per example, then the Gaussian noise
+        component = torch.multinomial(weights.T, 1, generator=gen).squeeze(1)
+        rows = torch.arange(means.shape[1])
+        mu, log_var = means[component, rows], log_vars[component, rows]
+        z = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=gen)
+        kl = _gaussian(mu, log_var).log_prob(z) - _prior_reference(model.prior).log_prob(z)
+        want = -(sum(model.modalities[m].log_likelihood(x[m], z) for m in names) - 0.7 * kl).mean()
+    assert torch.allclose(got, want, rtol=1e-5)
+
+
 def test_losses_are_finite_and_train_every_encoder(batch):
     for fusion, loss_fn in (("poe", mvae_loss), ("moe", mmvae_loss), ("mopoe", mopoe_loss)):
         model = build_mvae(fusion, MVAEConfig(hidden=32), seed=0, device="cpu")
