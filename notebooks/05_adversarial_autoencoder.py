@@ -293,9 +293,9 @@ for key, title in names.items():
 fig, ax = plt.subplots(figsize=(7, 4.2))
 ax.bar(["AE", "VAE", "AAE"], [metrics[f"mmd_{k}"] for k in names], color=["tab:gray", "tab:orange", "tab:blue"])
 ax.axhline(metrics["mmd_null95_aae"], color="k", ls="--", label="95 % of MMD² under 'same distribution'")
-ax.set(yscale="log", ylim=(1e-4, 0.5), ylabel="MMD² to the prior (log scale)",
+ax.set(yscale="log", ylim=(1e-4, 1.0), ylabel="MMD² to the prior (log scale)",
        title="How far the codes are from the prior")
-ax.legend(loc="center right", fontsize=10)
+ax.legend(loc="upper right", fontsize=10)
 plt.show()
 
 # %%

@@ -394,6 +394,8 @@ for k, (key, label) in enumerate(names.items()):
     ax.bar(np.arange(3) + 0.27 * (k - 1), ratios, width=0.27, label=label)
 ax.axhline(1.0, color="k", ls=":", label="real vs real")
 ax.set_yscale("log")
+ax.set_yticks([0.5, 1, 2, 4], ["0.5", "1", "2", "4"])  # plain numbers on the log axis
+ax.minorticks_off()
 ax.set_xticks(np.arange(3))
 ax.set_xticklabels(MODALITIES)
 ax.set_ylabel("FD / baseline (log scale)")
