@@ -459,8 +459,7 @@ class GameConfig:
         check_betas(self.betas)
         check_positive(self.r1_weight, "r1_weight", allow_zero=True)
         check_int(self.r1_every, "r1_every", low=1)
-        if not isinstance(self.mismatch, bool):
-            raise TypeError(f"mismatch: expected a bool, got {type(self.mismatch).__name__}")
+        check_bool(self.mismatch, "mismatch")
         check_probability(self.ema_decay, "ema_decay")
 
 

@@ -477,8 +477,7 @@ class GANConfig:
         check_int(self.noise_categories, "noise_categories", low=0)
         check_int(self.pack, "pack", low=1)
         check_positive(self.d_unit, "d_unit")
-        if not isinstance(self.init_through_data, bool):
-            raise TypeError(f"init_through_data: expected a bool, got {type(self.init_through_data).__name__}")
+        check_bool(self.init_through_data, "init_through_data")
         check_int(self.steps, "steps", low=1)
         check_int(self.batch_size, "batch_size", low=1)
         if self.batch_size % self.pack:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmlib.checks import check_int
+from mmlib.checks import check_bool, check_int
 from mmlib.device import one_cpu_thread, resolve_device
 
 __all__ = ["Job", "cpu_cores", "run_jobs"]
@@ -82,8 +82,7 @@ def run_jobs(
     """
     jobs = _check_jobs(jobs)
     dev = resolve_device(device)
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress: expected True or False, got {progress!r}")
+    progress = check_bool(progress, "progress")
     if not isinstance(desc, str):
         raise TypeError(f"desc: expected a string, got {type(desc).__name__}")
     workers = min(len(jobs), cpu_cores() if workers is None else check_int(workers, "workers", low=1))

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from mmlib.checks import check_int, check_positive, check_probability, check_real
+from mmlib.checks import check_bool, check_int, check_positive, check_probability, check_real
 
 __all__ = ["use_course_style", "image_grid", "scatter_2d", "density_2d", "loss_curves"]
 
@@ -217,8 +217,7 @@ def loss_curves(
             if steps.shape != values.shape:
                 raise ValueError(f"steps: expected {len(values)} steps like curves[{name!r}], got shape {steps.shape}")
     title, ylabel = _title(title), _title(ylabel, "ylabel")
-    if not isinstance(logy, bool):
-        raise TypeError(f"logy: expected True or False, got {type(logy).__name__}")
+    logy = check_bool(logy, "logy")
     ax = _axes(ax, None)
     for name, values in series.items():
         x = steps if steps is not None else np.arange(1, len(values) + 1)

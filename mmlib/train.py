@@ -102,9 +102,7 @@ def loss_step(
     if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
         raise TypeError(f"scheduler: expected a torch.optim.lr_scheduler scheduler or None, "
                         f"got {type(scheduler).__name__}")
-    for name, flag in (("autocast", autocast), ("compile", compile)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name}: expected True or False, got {flag!r}")
+    autocast, compile = check_bool(autocast, "autocast"), check_bool(compile, "compile")
     fn = torch.compile(loss_fn) if compile else loss_fn
 
     def step(*batch: torch.Tensor) -> dict[str, torch.Tensor]:
