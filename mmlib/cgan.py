@@ -264,7 +264,12 @@ class ProjectionDiscriminator(nn.Module):
         if x.shape[0] != embedding.shape[0]:
             raise ValueError(f"x, embedding: expected one embedding per sample, got {x.shape[0]} and "
                              f"{embedding.shape[0]} rows")
-        h = self.phi(x.flatten(1))  # (N, hidden)
+        return self.project(self.phi(x.flatten(1)), embedding)
+
+    def project(self, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """``D`` from the features ``h = φ(x)`` ``(N, hidden)`` and the embeddings ``e_D(c)``: ``ψ(h) + ⟨e_D(c), h⟩``.
+        A training step scores the real samples twice, with their own conditions and with mismatched ones, and
+        computes ``φ`` of them once."""
         return self.psi(h).squeeze(1) + (embedding * h).sum(dim=1)
 
 
@@ -407,10 +412,11 @@ def cgan_step(
         d_optimizer.zero_grad(set_to_none=True)
         x = x.detach().requires_grad_(with_r1)
         embedding = discriminator.encoder(c)  # e_D(c), shared by real, generated and mismatched samples
-        real_logits = discriminator.score(x, embedding)
+        h_real = discriminator.phi(x.flatten(1))  # φ(x), shared by the real and the mismatched pairs
+        real_logits = discriminator.project(h_real, embedding)
         fake_logits = discriminator.score(fake.detach(), fake_rows(embedding))
         if mismatch:
-            fake_logits = torch.cat([fake_logits, discriminator.score(x.detach(), embedding.roll(1, dims=0))])
+            fake_logits = torch.cat([fake_logits, discriminator.project(h_real, embedding.roll(1, dims=0))])
         d_loss = discriminator_loss(real_logits, fake_logits)
         if with_r1:
             r1 = r1_penalty(real_logits, x)

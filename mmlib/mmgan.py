@@ -220,7 +220,12 @@ class JointDiscriminator(nn.Module):
     def forward(self, x: Mapping[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """Logits ``(N,)`` for triples ``x`` (in the discriminator's view, :func:`as_discriminator_input`) and
         digits ``y``."""
-        h = self.features(x)
+        return self.project(self.features(x), y)
+
+    def project(self, h: Mapping[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N,)`` from the features ``h = {m: φ_m(x_m)}`` (:meth:`features`) and digits ``y``. A training
+        step scores the real triples twice, as they are and with one modality rolled (:func:`shuffle_modality`), and
+        computes ``φ`` of them once: the rolled triple's features are the rolled features."""
         logit = sum(self.psi[m](h[m]).squeeze(1) + (self.embed[m](y) * h[m]).sum(1) for m in MODALITIES)
         for a, b in self.pairs:
             logit = logit + (self.compat[f"{a}-{b}"](h[a]) * h[b]).sum(1)
@@ -315,12 +320,13 @@ def mmgan_step(
         d_optimizer.zero_grad(set_to_none=True)
         real = {"image": image, "text": F.one_hot(text, _VOCAB).float(), "audio": audio}
         real = {m: v.detach().requires_grad_(with_r1) for m, v in real.items()}
-        real_logits = discriminator(real, label)
+        h_real = discriminator.features(real)  # φ of the real triples, shared by the mismatched ones
+        real_logits = discriminator.project(h_real, label)
         fake_logits = discriminator({m: v.detach() for m, v in fake.items()}, y)
         if mismatch:
             rolled = MODALITIES[counter["step"] % len(MODALITIES)]
-            wrong = shuffle_modality({m: v.detach() for m, v in real.items()}, rolled)
-            fake_logits = torch.cat([fake_logits, discriminator(wrong, label)])
+            wrong = shuffle_modality(h_real, rolled)  # φ(rolled triple) = the real features, one of them rolled
+            fake_logits = torch.cat([fake_logits, discriminator.project(wrong, label)])
         d_loss = discriminator_loss(real_logits, fake_logits)
         if with_r1:
             grads = torch.autograd.grad(real_logits.sum(), list(real.values()), create_graph=True)

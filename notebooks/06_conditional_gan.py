@@ -212,7 +212,10 @@ assert 0.09 < float((digit_share**2).sum()) < 0.11, "two random training pairs s
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
 # **One training step, written out.** We write the whole step here, then check it against `mmlib.cgan.cgan_step`
-# over a few steps from the same start.
+# over a few steps from the same start. One difference: the inline step computes $\varphi(x)$ of the real targets
+# twice, once with their captions and once with the rolled ones, as the loss reads; `cgan_step` computes it once and
+# uses it for both scores: one pass through $\varphi$ fewer per step. The gradients are the same, but their sums run
+# in another order, so the two agree to rounding, not bit for bit.
 
 # %%
 import copy

@@ -170,8 +170,14 @@ assert torch.allclose(D(x, y), by_hand, atol=1e-5), "D = realism + digit + pairw
 # The training step is chapter 06's, for triples: chapter 03's non-saturating losses, the R1 penalty on the real
 # triples (its squared gradient summed over the three inputs), an average of the generator's weights for sampling,
 # and **mismatched real triples as negatives** — a real triple with one modality (image, caption or sound, in turn)
-# taken from the previous row (the batch rolled by one). Those teach the pairwise terms what belongs together, from real data. We write the step
-# out and check it against `mmlib.mmgan.mmgan_step` over a few steps.
+# taken from the previous row (the batch rolled by one). Those teach the pairwise terms what belongs together, from
+# real data. We write the step out and check it against `mmlib.mmgan.mmgan_step` over a few steps.
+#
+# The inline step below runs the discriminator on the mismatched triples as on any input. `mmgan_step` saves that
+# pass: $D$ reads each modality on its own before combining the features, so the features of a triple with one
+# modality rolled are the real triple's features with that modality's rolled. It computes $\varphi_m(x_m)$ once and
+# rolls the features. The gradients are the same, but their sums run in another order, so the two agree to rounding,
+# not bit for bit.
 
 # %%
 import copy
