@@ -364,7 +364,8 @@ def cgan_step(
     1. draw ``z ~ N(0, I)`` (from ``noise``) and ``x̃ = G(z, c̃)``; with ``mode_seeking > 0`` the fakes come in pairs:
        ``c̃`` repeats the first ``n/2`` conditions twice, so rows ``i`` and ``i + n/2`` share a condition;
     2. one update of D on ``L_D + γ·R1``: real pairs against the (detached) fakes and, with ``mismatch``, against the
-       real targets paired with the previous row's condition (``c`` rolled by one). R1 is *lazy* (Karras et al., 2020):
+       real targets paired with the previous row's condition (``c`` rolled by one; their ``φ(x)`` is the real pairs',
+       computed once: the same gradients as a separate pass, one pass fewer). R1 is *lazy* (Karras et al., 2020):
        computed on every ``r1_every``-th step only, with weight ``γ · r1_every``, which keeps its average pull and saves
        most of its cost (a second backward pass through D);
     3. one update of G on the non-saturating ``L_G`` of the same ``x̃`` under the updated D, plus ``λ`` times the

@@ -284,8 +284,9 @@ def mmgan_step(
     1. ``x̃ = G(z, y)`` with ``(z, y)`` drawn from ``noise``;
     2. one update of D on ``L_D + γ·R1``: real triples (with their digits) against generated ones (with theirs) and,
        with ``mismatch``, against real triples with one modality — a different one each step, in turn — rolled by one
-       row; R1 sums the squared gradient over the three real inputs (the caption as one-hot floats), lazily as in
-       chapter 06 (every ``r1_every``-th step, weight ``γ · r1_every``);
+       row (scored from the real triples' features ``φ_m``, that modality's rolled: no second pass); R1 sums the
+       squared gradient over the three real inputs (the caption as one-hot floats), lazily as in chapter 06 (every
+       ``r1_every``-th step, weight ``γ · r1_every``);
     3. one update of G on the non-saturating ``L_G``; 4. the EMA of G's weights.
     """
     if not isinstance(generator, JointGenerator) or not isinstance(discriminator, JointDiscriminator):

@@ -104,6 +104,26 @@ def test_a_step_changes_both_players_and_returns_detached_losses(cpu):
         assert torch.allclose(e, 0.5 * b + 0.5 * g.detach(), atol=1e-6), "EMA: θ_ema ← β θ_ema + (1 − β) θ"
 
 
+def test_the_steps_discriminator_update_is_that_of_separate_passes(cpu):
+    """The step computes φ(x) of the real targets once, for the real and the mismatched pairs; its update of D must
+    be the one of the loss as written, L_D(D(x, c), [D(x̃, c), D(x, c rolled)]) + γ R1, with separate passes."""
+    G, D = cgan.build_cgan("text", "audio", hidden=16, seed=0, device=cpu)
+    G_ref, D_ref = cgan.build_cgan("text", "audio", hidden=16, seed=0, device=cpu)
+    c, x = _text(8), torch.rand(8, 28, 32, generator=torch.Generator().manual_seed(1))
+    step = cgan.cgan_step(G, D, torch.optim.SGD(G.parameters(), lr=0.0), torch.optim.SGD(D.parameters(), lr=1.0),
+                          mode_seeking=0.0, r1_every=1, noise=torch.Generator().manual_seed(3))
+    step(c, x)
+    z = torch.randn(8, G_ref.noise_dim, generator=torch.Generator().manual_seed(3))
+    fake = G_ref(z, c).detach()
+    x = x.clone().requires_grad_(True)
+    real_logits = D_ref(x, c)
+    fake_logits = torch.cat([D_ref(fake, c), D_ref.score(x.detach(), D_ref.encoder(c).roll(1, dims=0))])
+    loss = cgan.discriminator_loss(real_logits, fake_logits) + cgan.r1_penalty(real_logits, x)
+    grads = torch.autograd.grad(loss, list(D_ref.parameters()))
+    for p, p0, g in zip(D.parameters(), D_ref.parameters(), grads):
+        assert torch.allclose(p, p0 - g, atol=1e-6)
+
+
 def test_fit_is_reproducible(cpu):
     config = cgan.CGANConfig(steps=3, batch_size=4, hidden=16)
     c, x = _text(10), _images(10)

@@ -63,6 +63,39 @@ def test_shuffle_modality_rolls_one_modality():
     assert torch.equal(out["text"], x["text"])
 
 
+def test_rolled_features_are_the_features_of_the_rolled_triple(cpu):
+    """What the training step relies on to score mismatched triples without another pass through φ."""
+    _, D = mmgan.build_mmgan(hidden=16, head_hidden=8, text_hidden=8, char_dim=4, branch=8, device=cpu)
+    x = mmgan.as_discriminator_input(_triple(6))
+    y = torch.tensor([0, 3, 3, 9, 1, 2])
+    for m in x:
+        rolled = D.project(mmgan.shuffle_modality(D.features(x), m), y)
+        assert torch.allclose(rolled, D(mmgan.shuffle_modality(x, m), y), atol=1e-6)
+
+
+def test_the_steps_discriminator_update_is_that_of_separate_passes(cpu):
+    """One step's update of D is the gradient of L_D + R1 as written: real, generated and mismatched triples each
+    through the whole discriminator (the step shares φ of the real triples with the mismatched ones)."""
+    sizes = {"hidden": 16, "head_hidden": 16, "text_hidden": 16, "char_dim": 4, "branch": 8, "device": cpu}
+    G, D = mmgan.build_mmgan(**sizes)
+    G_ref, D_ref = mmgan.build_mmgan(**sizes)
+    step = mmgan.mmgan_step(G, D, torch.optim.SGD(G.parameters(), lr=0.0), torch.optim.SGD(D.parameters(), lr=1.0),
+                            noise=torch.Generator().manual_seed(3), ema=None)
+    raw, label = _triple(8), torch.arange(8) % 10
+    step(raw["image"], raw["text"], raw["audio"], label)
+    z, y = G_ref.draw_noise(8, torch.Generator().manual_seed(3))
+    fake = {m: v.detach() for m, v in G_ref(z, y).items()}
+    real = {m: v.requires_grad_(True) for m, v in mmgan.as_discriminator_input(raw).items()}
+    real_logits = D_ref(real, label)
+    wrong = mmgan.shuffle_modality({m: v.detach() for m, v in real.items()}, "image")  # step 0 rolls the image
+    fake_logits = torch.cat([D_ref(fake, y), D_ref(wrong, label)])
+    input_grads = torch.autograd.grad(real_logits.sum(), list(real.values()), create_graph=True)
+    r1 = 0.5 * sum(g.pow(2).flatten(1).sum(1) for g in input_grads).mean()
+    grads = torch.autograd.grad(mmgan.discriminator_loss(real_logits, fake_logits) + r1, list(D_ref.parameters()))
+    for p, p0, g in zip(D.parameters(), D_ref.parameters(), grads):
+        assert torch.allclose(p, p0 - g, atol=1e-6)
+
+
 def test_step_updates_and_ema(cpu):
     G, D = mmgan.build_mmgan(hidden=16, head_hidden=16, text_hidden=16, char_dim=4, branch=8, device=cpu)
     ema = mmgan.build_mmgan(hidden=16, head_hidden=16, text_hidden=16, char_dim=4, branch=8,
