@@ -33,7 +33,8 @@ def execute_notebook(nb, cwd: Path, timeout: int = 600, kernel_name: str = "pyth
     """Execute a notebook object in a fresh kernel (working directory ``cwd``) and return it."""
     from nbclient import NotebookClient
 
-    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, resources={"metadata": {"path": str(cwd)}})
+    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, resources={"metadata": {"path": str(cwd)}},
+                            record_timing=False)  # no wall-clock timestamps in the stored notebooks
     client.execute()
     return nb
 
@@ -41,6 +42,18 @@ def execute_notebook(nb, cwd: Path, timeout: int = 600, kernel_name: str = "pyth
 #: Threads the stored outputs are computed with. The test suite re-executes the notebooks with the default thread
 #: count and compares the checked outputs, which proves they do not depend on the number of threads.
 BUILD_THREADS = 1
+
+
+def _stable_cell_ids(nb) -> None:
+    """Give every cell an id made from its source (jupytext draws new random ids on every read), so that rebuilding
+    a notebook changes only the cells that changed; a repeated source gets its occurrence number appended."""
+    import hashlib
+
+    seen: dict[str, int] = {}
+    for cell in nb.cells:
+        digest = hashlib.sha1(f"{cell.cell_type}\n{cell.source}".encode()).hexdigest()[:8]
+        seen[digest] = seen.get(digest, 0) + 1
+        cell.id = digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
 
 
 def build_notebooks(selection: Sequence[str] | None = None, *, execute: bool = True) -> None:
@@ -51,6 +64,7 @@ def build_notebooks(selection: Sequence[str] | None = None, *, execute: bool = T
 
     for source in notebook_sources(selection):
         nb = jupytext.read(source)
+        _stable_cell_ids(nb)
         nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
         start = time.perf_counter()
         if execute:

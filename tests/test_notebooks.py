@@ -68,6 +68,21 @@ def test_stored_notebook_is_clean(ipynb: Path):
             assert match is None, f"cell {i} of {ipynb.name} shows a machine path: {match.group(0)!r}"
 
 
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_cell_ids_come_from_the_sources_and_no_timestamps_are_stored(source: Path):
+    """A rebuild rewrites only the cells that changed: ids are made from each cell's source (not drawn at random)
+    and no execution timestamps are kept."""
+    from mmlib.course import _stable_cell_ids
+
+    expected = jupytext.read(source)
+    _stable_cell_ids(expected)
+    stored = json.loads(source.with_suffix(".ipynb").read_text())
+    assert [c["id"] for c in stored["cells"]] == [c.id for c in expected.cells], (
+        f"{source.stem}.ipynb has the ids `python -m mmlib build {source.name[:2]}` gives"
+    )
+    assert not any("execution" in c["metadata"] for c in stored["cells"]), "no execution timestamps are stored"
+
+
 def _setup_cell(path: Path) -> str:
     nb = jupytext.read(path)
     setup = [c for c in nb.cells if "setup" in c.metadata.get("tags", [])]
