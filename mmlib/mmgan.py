@@ -576,14 +576,12 @@ def run_mmgan(
     metrics: dict[str, float] = {}
     arrays: dict[str, torch.Tensor] = {}
     # The GAN and the VAE (then its adversarial decoder) do not depend on each other: they train side by side, one
-    # per CPU core (mmlib.parallel; the same numbers as one after the other). The VAE and its decoder take a little
-    # longer (58 s against the GAN's 53 s, each alone on one thread here), so they come first and run in this
-    # process, which need not start up as a worker does.
-    (vae, vae_result, decoder), gan = run_jobs(
-        [(fit_vae_and_decoder, {"fusion": vae_fusion, "seed": seed, "device": dev}),
-         (fit_mmgan, {"data": ds.train.x, "labels": ds.train.label, "config": config, "seed": seed, "device": dev,
-                      "progress": False})],
-        device=dev, progress=progress, desc="VAE + decoder | GAN",
+    # per CPU core (mmlib.parallel; the same numbers as one after the other).
+    gan, (vae, vae_result, decoder) = run_jobs(
+        [(fit_mmgan, {"data": ds.train.x, "labels": ds.train.label, "config": config, "seed": seed, "device": dev,
+                      "progress": False}),
+         (fit_vae_and_decoder, {"fusion": vae_fusion, "seed": seed, "device": dev})],
+        device=dev, progress=progress, desc="GAN | VAE + decoder",
     )
     with one_cpu_thread(dev):
         joint, digits = generate_joint(gan.generator, NUM_JOINT_SAMPLES, seed=seed + 3)

@@ -12,6 +12,7 @@ On a GPU, or with a single core, the runs simply go one after the other in this 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import threading
@@ -92,10 +93,37 @@ def run_jobs(
     return _share_jobs(jobs, dev, workers, tqdm(total=len(jobs), desc=desc, disable=not progress))
 
 
+def _share_tensors(value: Any) -> None:
+    """Move every CPU tensor in ``value`` (a tensor, a module, or dicts, lists, tuples and dataclasses of them) to
+    shared memory, here and now.
+
+    Sending a tensor to a worker process moves its storage to shared memory and frees the old one (torch's
+    multiprocessing pickler). That happens in a background thread while this process already runs its own job, and
+    jobs often share their data (the same dataset, cached once): the job here could read freed memory and crash
+    (notebook 08's kernel once died with a segfault in libtorch this way). Sharing first, before any job starts,
+    leaves nothing to move later: a storage already in shared memory is sent as it is."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type == "cpu" and not value.is_shared():
+            value.share_memory_()
+    elif isinstance(value, torch.nn.Module):
+        value.share_memory()
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _share_tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _share_tensors(item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            _share_tensors(getattr(value, field.name))
+
+
 def _share_jobs(jobs: list[Job], dev: torch.device, workers: int, bar: tqdm) -> list[Any]:
     """Greedy list scheduling over this process and ``workers - 1`` worker processes: whoever is free takes the next
     job in the list. A thread here feeds the worker processes, one job each at a time, while this process runs jobs
     itself on one thread. A failed job stops the handing out of new ones; its error is raised here."""
+    for _, kwargs in jobs:  # before any job runs (see _share_tensors)
+        _share_tensors(kwargs)
     pending = deque(range(len(jobs)))
     lock = threading.Lock()
     results: list[Any] = [None] * len(jobs)

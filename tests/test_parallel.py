@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -60,3 +62,26 @@ def test_errors_in_a_worker_reach_the_caller():
         run_jobs([bad, bad], workers=2, progress=False)
     with pytest.raises(ValueError, match="name"):  # a job that a worker process runs
         run_jobs([_jobs()[0], bad], workers=2, progress=False)
+
+
+def _read_twice(x: torch.Tensor, wait: float) -> tuple[bool, int, int, float]:
+    """Whether ``x`` is in shared memory when the job starts, its data pointer before and after ``wait`` seconds,
+    and its sum."""
+    shared, before = x.is_shared(), x.data_ptr()
+    time.sleep(wait)
+    return shared, before, x.data_ptr(), float(x.sum())
+
+
+@pytest.mark.skipif(cpu_cores() < 2, reason="jobs go to worker processes only with two cores or more")
+def test_data_sent_to_a_worker_does_not_move_under_the_job_running_here():
+    """Sending a tensor to a worker moves its storage to shared memory; if that happened while this process's own job
+    read the same tensor, the job would read freed memory. run_jobs shares every tensor before any job starts."""
+    x = torch.arange(1_000_000, dtype=torch.float32)
+    total = float(x.sum())
+    here, there = run_jobs([(_read_twice, {"x": x, "wait": 1.0}), (_read_twice, {"x": x, "wait": 0.0})], workers=2,
+                           progress=False)
+    shared, before, after, seen = here
+    assert shared, "the tensor was in shared memory before this process's job started"
+    assert before == after, "its storage did not move while the job here was using it"
+    assert seen == total and there[3] == total, "both jobs read the same values"
+    assert x.is_shared() and float(x.sum()) == total
