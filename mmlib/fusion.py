@@ -159,11 +159,16 @@ def mixture_of_products(
 
 
 def _mixture_of_products(
-    means: torch.Tensor, log_vars: torch.Tensor, mask: torch.Tensor, prior: bool = True
+    means: torch.Tensor, log_vars: torch.Tensor, mask: torch.Tensor, prior: bool = True,
+    members: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`mixture_of_products` without validation."""
-    members = subset_masks(means.shape[0], device=means.device)  # (S, K)
-    products = [_product_of_experts(means[row], log_vars[row], None, prior) for row in members]
+    """:func:`mixture_of_products` without validation. ``members``: :func:`subset_masks` already on the device (a
+    model keeps it, so that a training step builds nothing from host data). Each product masks the experts outside
+    its subset instead of selecting the members by a boolean index, whose size a GPU would first have to report
+    back to the host; adding their exact zeros gives the same sums, bit for bit."""
+    if members is None:
+        members = subset_masks(means.shape[0], device=means.device)  # (S, K)
+    products = [_product_of_experts(means, log_vars, row.unsqueeze(1), prior) for row in members]
     # subset S is available for example n when every member is observed: S ⊆ O_n
     available = (members.unsqueeze(-1) <= mask.unsqueeze(0)).all(dim=1).to(means.dtype)  # (S, N)
     weights = available / available.sum(dim=0)

@@ -366,7 +366,9 @@ def fit_pcca_gradient(
         # full batch: ``batch`` is the stacked views, whose sufficient statistics were computed once above
         cov = w @ w.T + noise_covariance()
         diff = (y_mean - mu)[:, None]
-        solved = torch.linalg.solve(cov, torch.cat([y_cov, diff], dim=1))  # C^{-1} [S, ybar - mu]
+        # C^{-1} [S, ybar - mu]; solve_ex skips solve's singularity check, a host synchronisation on a GPU (a
+        # singular C gives NaN/inf here, which the trainer reports)
+        solved = torch.linalg.solve_ex(cov, torch.cat([y_cov, diff], dim=1))[0]
         trace = solved[:, :-1].diagonal().sum()
         quad = (diff[:, 0] * solved[:, -1]).sum()
         return 0.5 * (y.shape[1] * math.log(2 * math.pi) + torch.logdet(cov) + trace + quad)

@@ -171,6 +171,28 @@ def test_mvae_loss_is_the_sum_of_subset_elbos(batch):
     assert torch.allclose(loss, -sum(terms).mean()), "with two modalities: ELBO(X) + ELBO(x1) + ELBO(x2)"
 
 
+@pytest.mark.parametrize("order", [MODALITIES, ("audio", "image", "text")])
+def test_mvae_loss_keeps_the_drawn_subset_on_the_device_with_the_same_value(batch, monkeypatch, order):
+    """On a GPU the three-modality loss does not read its random subset on the host: every decoder scores the drawn
+    subset's draw, weighted by membership. Same draws, same loss and gradients as selecting the rows on the host."""
+    torch.manual_seed(0)
+    model = MultimodalVAE([build_modality(m, 4, 16) for m in MODALITIES], 4, "poe", prior_components=3)
+    x = {m: batch[m] for m in order}
+    results = []
+    for on_host in (True, False):
+        monkeypatch.setattr(mvae, "_host_reads_are_free", lambda device, on_host=on_host: on_host)
+        for seed in range(6):  # several draws: each of the three pairs comes up
+            model.zero_grad()
+            loss = mvae_loss(model, x, generator=_gen(seed))
+            loss.backward()
+            results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    for (host_loss, host_grads), (device_loss, device_grads) in zip(results[:6], results[6:]):
+        assert torch.allclose(host_loss, device_loss, rtol=1e-6, atol=1e-5)
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(host_grads, device_grads))
+    drawn = {int(torch.randint(3, (1,), generator=_gen(seed))) for seed in range(6)}
+    assert drawn == {0, 1, 2}, "the seeds draw every pair"
+
+
 def test_subset_elbo_is_reconstruction_minus_kl(batch):
     model = _small_model(("image",), "poe")
     x = {"image": batch["image"]}
