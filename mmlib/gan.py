@@ -78,6 +78,7 @@ __all__ = [
     "results_table",
     "load_results",
     "environment",
+    "SAME_RUNS_KEYS",
     "N_EVAL",
     "TABLE_METRICS",
     "RESULTS_FILE",
@@ -696,9 +697,14 @@ TABLE_METRICS: tuple[str, ...] = ("modes_covered", "hq_fraction", "reverse_kl")
 
 
 def environment() -> dict[str, object]:
-    """The library versions and thread count a run depends on (stored beside the results)."""
+    """The library versions, processor and thread count a run depends on (stored beside the results).
+
+    :data:`SAME_RUNS_KEYS` name the entries that decide whether a run repeats a stored one bit for bit: the torch and
+    numpy versions, the processor (``cpu``) and the vector instructions torch's kernels use (``cpu_capability``).
+    The operating system's version (in ``platform``) does not change the arithmetic."""
     import mmlib
 
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "unknown")()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -706,7 +712,24 @@ def environment() -> dict[str, object]:
         "mmlib": mmlib.__version__,
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_capability": capability,
     }
+
+
+#: The entries of :func:`environment` under which two runs of the same code and seed agree bit for bit.
+SAME_RUNS_KEYS: tuple[str, ...] = ("torch", "numpy", "cpu", "cpu_capability")
+
+
+def _cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what :func:`platform.processor` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def results_table(seeds: Sequence[int] = (0, 1, 2), device: torch.device | str | None = None,

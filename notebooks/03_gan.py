@@ -657,17 +657,17 @@ assert all(summary[n]["recipe"]["hq_fraction"][0] > 0.4 + summary[n]["plain"]["h
 )
 
 # %% [markdown] slideshow={"slide_type": "subslide"}
-# **Is the stored table this notebook's code?** Its seed-0 rows were made by the same functions we just ran; on the
-# machine and library versions recorded in the file they must match our runs exactly (elsewhere, last-bit differences
-# of the floating-point kernels grow through thousands of adversarial steps, and only the 3-seed statistics are
-# comparable).
+# **Is the stored table this notebook's code?** Its seed-0 rows were made by the same functions we just ran. With the
+# torch and numpy versions, the processor and the vector instructions recorded in the file (`SAME_RUNS_KEYS`), they
+# must match our runs exactly. Elsewhere, last-bit differences of the floating-point kernels grow through thousands
+# of adversarial steps, and only the 3-seed statistics are comparable.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from mmlib.gan import environment
+from mmlib.gan import SAME_RUNS_KEYS, environment
 
 now = environment()
-same_machine = all(now[k] == table["environment"][k] for k in ("torch", "numpy", "platform")) and device.type == "cpu"
+same_machine = all(now[k] == table["environment"].get(k) for k in SAME_RUNS_KEYS) and device.type == "cpu"
 ours_now = {("ring", "plain"): plain["ring"][0], ("grid", "plain"): plain["grid"][0],
             ("ring", "recipe"): recipe["ring"][0], ("grid", "recipe"): recipe["grid"][0]}
 if same_machine:

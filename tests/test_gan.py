@@ -234,7 +234,7 @@ def test_stored_table_has_its_provenance():
     table = gan.load_results()
     assert table["command"].startswith("python -m mmlib.gan table")
     assert table["seeds"] == [0, 1, 2]
-    for key in ("torch", "numpy", "python", "mmlib", "torch_threads"):
+    for key in ("torch", "numpy", "python", "mmlib", "torch_threads", *gan.SAME_RUNS_KEYS):
         assert key in table["environment"]
     for name, k in (("ring", 8), ("grid", 25)):
         assert [r["seed"] for r in table["runs"][name]] == table["seeds"]
@@ -243,10 +243,11 @@ def test_stored_table_has_its_provenance():
             assert 0 <= mean <= k and std >= 0
 
 
-# That the stored table's seed-0 rows are this code's runs (bit for bit, on the machine and library versions recorded
-# in the file) is asserted by notebook 03, for all four rows, on the very fits it trains: the suite runs it. Its cell
-# prints which branch ran and nbval checks that printout, so on CI's versions (the table's) a run that skipped the
-# comparison fails; elsewhere the printout differs, like the other version-dependent printouts the README describes.
+# That the stored table's seed-0 rows are this code's runs (bit for bit, with the library versions and processor
+# recorded in the file, gan.SAME_RUNS_KEYS) is asserted by notebook 03, for all four rows, on the very fits it trains:
+# the suite runs it. Its cell prints which branch ran and nbval checks that printout, so on CI's versions and processor
+# (the table's) a run that skipped the comparison fails; elsewhere the printout differs, like the other
+# version-dependent printouts the README describes.
 
 _FAKE_FITS: list[tuple[str, str, int]] = []
 
