@@ -665,20 +665,14 @@ def mvae_loss(
         else:
             table = torch.stack([model.subset_members[model.subset_index([names[i] for i in m])] for m in middle])
             chosen = table.index_select(0, pick.to(table.device))[0]
-    mus, lvs, zs = [], [], []
-    for subset in subsets:  # q_PoE(z | X_S) and one draw from it, per subset: (N, D) each
-        mu, log_var = _subset_posterior(model, experts, subset)
-        mus.append(mu)
-        lvs.append(log_var)
-        zs.append(reparameterise(mu, log_var, generator=generator))
+    # q_PoE(z | X_S) per subset, the drawn one last, and one draw from each: (N, D) each
+    posteriors = [_subset_posterior(model, experts, subset) for subset in subsets]
     if chosen is not None:
         means, log_vars, mask = experts
-        mu, log_var = _product_of_experts(means, log_vars, mask & chosen.unsqueeze(1))
-        mus.append(mu)
-        lvs.append(log_var)
-        zs.append(reparameterise(mu, log_var, generator=generator))
-    z = torch.stack(zs)  # (S, N, D)
-    total = -beta * _kl_term(model, z, torch.stack(mus), torch.stack(lvs)).sum(0)  # (S, N) -> (N,)
+        posteriors.append(_product_of_experts(means, log_vars, mask & chosen.unsqueeze(1)))
+    z = torch.stack([reparameterise(mu, log_var, generator=generator) for mu, log_var in posteriors])  # (S, N, D)
+    mus, lvs = (torch.stack(part) for part in zip(*posteriors))
+    total = -beta * _kl_term(model, z, mus, lvs).sum(0)  # (S, N) -> (N,)
     for name in names:  # one decoder call per modality, on the draws of the subsets that contain it
         rows = [i for i, subset in enumerate(subsets) if name in subset]
         if chosen is not None:
@@ -686,10 +680,8 @@ def mvae_loss(
         value = x[name].expand(len(rows), *x[name].shape).reshape(-1, *x[name].shape[1:])
         log_lik = model.modalities[name].log_likelihood(value, torch.cat([z[i] for i in rows]))
         log_lik = log_lik.reshape(len(rows), -1)
-        if chosen is not None:
-            weight = torch.ones(len(rows), 1, device=log_lik.device, dtype=log_lik.dtype)
-            weight[-1] = chosen[model.names.index(name)]
-            log_lik = log_lik * weight
+        if chosen is not None:  # the drawn subset's term counts for its members only
+            log_lik = torch.cat([log_lik[:-1], log_lik[-1:] * chosen[model.names.index(name)]])
         total = total + log_lik.sum(0)
     return -total.mean()
 
